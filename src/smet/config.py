@@ -1,0 +1,158 @@
+"""Validation of a composed run config, before any compute.
+
+Every check raises :class:`smet.errors.SmetConfigError` naming the offending key. Checks live in one
+table-like place (this module) rather than as asserts scattered through the code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from smet.errors import SmetConfigError
+
+PRECISIONS = {"32": "32-true", "32-true": "32-true", "bf16-mixed": "bf16-mixed", "bf16-true": "bf16-true",
+              "16-mixed": "16-mixed", "bf16": "bf16-mixed"}
+
+
+def get(cfg: Mapping, dotted: str, default: Any = None) -> Any:
+    cur: Any = cfg
+    for part in dotted.split("."):
+        if cur is None or not hasattr(cur, "get"):
+            return default
+        cur = cur.get(part, None)
+    return default if cur is None else cur
+
+
+def _int(cfg, key, lo=None, hi=None, required=True):
+    v = get(cfg, key)
+    if v is None:
+        if required:
+            raise SmetConfigError(key, "is required")
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise SmetConfigError(key, f"must be an integer, got {v!r}")
+    if lo is not None and v < lo:
+        raise SmetConfigError(key, f"must be >= {lo}, got {v}")
+    if hi is not None and v > hi:
+        raise SmetConfigError(key, f"must be <= {hi}, got {v}")
+    return v
+
+
+def _float(cfg, key, lo=None, hi=None, lo_open=False, hi_open=False, required=True):
+    v = get(cfg, key)
+    if v is None:
+        if required:
+            raise SmetConfigError(key, "is required")
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise SmetConfigError(key, f"must be a number, got {v!r}")
+    v = float(v)
+    if lo is not None and (v < lo or (lo_open and v == lo)):
+        raise SmetConfigError(key, f"must be {'>' if lo_open else '>='} {lo}, got {v}")
+    if hi is not None and (v > hi or (hi_open and v == hi)):
+        raise SmetConfigError(key, f"must be {'<' if hi_open else '<='} {hi}, got {v}")
+    return v
+
+
+def _choice(cfg, key, options, required=True):
+    v = get(cfg, key)
+    if v is None and not required:
+        return None
+    if v not in options:
+        raise SmetConfigError(key, f"unknown value {v!r}; choose one of {', '.join(map(str, options))}")
+    return v
+
+
+def check_trainer(cfg: Mapping) -> None:
+    _int(cfg, "trainer.max_steps", lo=1)
+    _int(cfg, "trainer.val_every_n_steps", lo=1)
+    _int(cfg, "trainer.log_every_n_steps", lo=1)
+    _int(cfg, "trainer.accumulate_grad_batches", lo=1)
+    _int(cfg, "trainer.num_nodes", lo=1)
+    devices = get(cfg, "trainer.devices")
+    if not (devices == "auto" or (isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1)):
+        raise SmetConfigError("trainer.devices", f"must be a positive integer or 'auto', got {devices!r}")
+    prec = str(get(cfg, "trainer.precision"))
+    if prec not in PRECISIONS:
+        raise SmetConfigError("trainer.precision", f"unknown precision {prec!r}; choose 32, bf16-mixed or bf16-true")
+    _choice(cfg, "trainer.accelerator", ("cpu", "gpu", "cuda", "auto"))
+    _choice(cfg, "trainer.progress_bar", ("rich", "tqdm", "none"))
+    _float(cfg, "trainer.gradient_clip_val", lo=0.0, lo_open=True, required=False)
+    _int(cfg, "trainer.checkpoint_every_n_steps", lo=1, required=False)
+
+
+def check_optimizer(cfg: Mapping) -> None:
+    _float(cfg, "optimizer.lr", lo=0.0, lo_open=True)
+    _float(cfg, "optimizer.eps", lo=0.0, lo_open=True)
+    _float(cfg, "optimizer.weight_decay", lo=0.0)
+    _float(cfg, "optimizer.warmup_fraction", lo=0.0, hi=1.0, hi_open=True, required=False)
+    _int(cfg, "optimizer.warmup_steps", lo=0, required=False)
+    _float(cfg, "optimizer.min_lr_ratio", lo=0.0, hi=1.0)
+    _choice(cfg, "optimizer.schedule", ("cosine", "linear", "constant"))
+    betas = get(cfg, "optimizer.betas")
+    if betas is None or len(betas) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas):
+        raise SmetConfigError("optimizer.betas", f"must be two numbers in [0, 1), got {betas!r}")
+
+
+def check_model(cfg: Mapping) -> None:
+    for key in ("hidden_size", "intermediate_size", "num_layers", "num_heads"):
+        _int(cfg, f"model.{key}", lo=1)
+    if get(cfg, "model.hidden_size") % get(cfg, "model.num_heads"):
+        raise SmetConfigError("model.num_heads", "must divide model.hidden_size")
+    _int(cfg, "model.vocab_size", lo=1, required=False)
+
+
+def check_data(cfg: Mapping) -> None:
+    _int(cfg, "data.seq_len", lo=1)
+    _int(cfg, "data.batch_size", lo=1)
+    _choice(cfg, "data.source", ("embedded", "local_files", "hub"))
+
+
+def check_run(cfg: Mapping) -> None:
+    _int(cfg, "seed", lo=0)
+    ckpt = get(cfg, "ckpt_path")
+    if ckpt is not None:
+        resolve_ckpt_path(str(ckpt))
+
+
+def check_sparsity(cfg: Mapping) -> None:
+    from smet.sparse.config import check_sparsity_config  # noqa: WPS433 (sparse core owns its schema)
+
+    check_sparsity_config(get(cfg, "sparsity", {}) or {}, get(cfg, "optimizer", {}) or {}, get(cfg, "model", {}) or {})
+
+
+CHECKS: list[Callable[[Mapping], None]] = [check_run, check_model, check_data, check_trainer, check_optimizer,
+                                          check_sparsity]
+
+
+def validate(cfg: Mapping) -> None:
+    """Run every check; the first failure raises SmetConfigError naming its key."""
+    for check in CHECKS:
+        check(cfg)
+
+
+def resolve_ckpt_path(ckpt: str) -> str:
+    """``ckpt_path`` may name a .ckpt file or a run directory (then its checkpoints/last.ckpt)."""
+    p = Path(os.path.expanduser(ckpt))
+    if p.is_dir():
+        cand = p / "checkpoints" / "last.ckpt"
+        if cand.is_file():
+            return str(cand)
+        raise SmetConfigError("ckpt_path", f"directory {p} holds no checkpoints/last.ckpt")
+    if not p.is_file():
+        raise SmetConfigError("ckpt_path", f"no such checkpoint file: {p}")
+    return str(p)
+
+
+def check_output_dir(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / ".smet-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise SmetConfigError("hydra.run.dir", f"output directory {p} is not writable ({e.strerror})") from None
+    return p

@@ -1,0 +1,165 @@
+"""Training callbacks: throughput / MFU / memory monitor, end-of-run summary."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import torch
+
+# Dense bf16 tensor-core peak (FLOP/s) by device-name substring, vendor datasheets (no sparsity).
+PEAK_BF16_FLOPS = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "A10G": 125e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "4090": 165e12,
+    "V100": 125e12,
+}
+
+
+def peak_flops_for(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, val in PEAK_BF16_FLOPS.items():
+        if key in name:
+            return val
+    return None
+
+
+class ThroughputMonitor(L.Callback):
+    """Logs tokens/s (global, all ranks), and on CUDA the peak memory and MFU.
+
+    MFU convention: achieved FLOP/s = 6 * N * tokens/s with N = model parameters excluding the
+    input embedding (dense count, i.e. as if every weight were active), attention-score FLOPs not
+    counted; divided by the dense bf16 peak of the device (``peak_flops`` overrides the table)
+    times the number of devices. ``train/mfu_active`` uses the active parameter count instead.
+    Timing is measured between logging steps; the clock is read after a CUDA synchronise at those
+    steps only (no host sync on other steps).
+    """
+
+    def __init__(self, tokens_per_step: int, flops_per_token: float, active_flops_per_token: float | None = None,
+                 log_every_n_steps: int = 10, peak_flops: float | None = None):
+        super().__init__()
+        self.tokens_per_step = tokens_per_step
+        self.flops_per_token = flops_per_token
+        self.active_flops_per_token = active_flops_per_token
+        self.every = max(int(log_every_n_steps), 1)
+        self.peak_flops = peak_flops
+        self._t0: float | None = None
+        self._step0 = 0
+        self.last_tokens_per_s: float | None = None
+        self._rates: list[float] = []
+
+    def _sync(self, pl_module) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+        if self.peak_flops is None:
+            self.peak_flops = peak_flops_for(pl_module.device)
+        self._t0 = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self._t0 is None:  # first step (compilation, allocator warm-up) is not timed
+            self._sync(pl_module)
+            self._t0, self._step0 = time.perf_counter(), step
+            return
+        if step - self._step0 < self.every or step == self._step0:
+            return
+        self._sync(pl_module)
+        now = time.perf_counter()
+        steps = step - self._step0
+        rate = steps * self.tokens_per_step / (now - self._t0)
+        self._t0, self._step0 = now, step
+        self.last_tokens_per_s = rate
+        self._rates.append(rate)
+        metrics = {"perf/tokens_per_s": rate}
+        if pl_module.device.type == "cuda":
+            metrics["perf/peak_mem_gib"] = torch.cuda.max_memory_allocated(pl_module.device) / 2**30
+            metrics["perf/peak_reserved_gib"] = torch.cuda.max_memory_reserved(pl_module.device) / 2**30
+            if self.peak_flops:
+                world = trainer.world_size
+                metrics["perf/mfu"] = rate * self.flops_per_token / (self.peak_flops * world)
+                if self.active_flops_per_token:
+                    metrics["perf/mfu_active"] = rate * self.active_flops_per_token / (self.peak_flops * world)
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False)
+
+    @property
+    def mean_tokens_per_s(self) -> float | None:
+        if not self._rates:
+            return None
+        return sum(self._rates) / len(self._rates)
+
+
+class SparsityCallback(L.Callback):
+    """Drives topology updates and logs what they do.
+
+    Before each optimizer step it tells the controller which step is coming (RigL scores the
+    gradient of update steps inside the backward); right after it runs the update when one is due,
+    before any checkpoint of that step is written. Logs, at each update: regrown count, drop
+    fraction, overall and per-layer density; at the step after: mean |update| / lr of regrown vs
+    mature weights (``sparsity/update_ratio_regrown`` / ``_mature``); ``spike_window`` (k) steps
+    after: the loss-spike metric = mean train loss of the k steps after the update minus the mean
+    of the k steps up to it (``sparsity/spike``).
+    """
+
+    def __init__(self, spike_window: int = 10, log_layer_density: bool = True):
+        super().__init__()
+        self.k = max(int(spike_window), 1)
+        self.log_layer_density = log_layer_density
+        self._last_step = -1
+        self._losses: dict[int, torch.Tensor] = {}
+        self._pending: list[int] = []
+        self.spikes: list[tuple[int, float]] = []
+        self.update_ratios: list[tuple[int, float, float]] = []
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._last_step = trainer.global_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if pl_module.sparse is not None:
+            pl_module.sparse.before_step(trainer.global_step + 1)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        ctrl = pl_module.sparse
+        step = trainer.global_step
+        if ctrl is None or step == self._last_step:  # no optimizer step yet (gradient accumulation)
+            return
+        self._last_step = step
+        if pl_module.last_loss is not None:
+            self._losses[step] = pl_module.last_loss
+        opt = ctrl.optimizer
+        metrics: dict[str, float] = {}
+        if opt is not None and opt.last_update_stats:
+            st = opt.last_update_stats
+            metrics["sparsity/update_ratio_regrown"] = st.get("regrown", float("nan"))
+            metrics["sparsity/update_ratio_mature"] = st.get("mature", float("nan"))
+            self.update_ratios.append((step, metrics["sparsity/update_ratio_regrown"], metrics["sparsity/update_ratio_mature"]))
+            opt.last_update_stats = {}
+        stats = ctrl.after_step(step)
+        if stats:
+            metrics.update(stats)
+            self._pending.append(step)
+            if self.log_layer_density:
+                for name, layer in ctrl.named_layers:
+                    metrics[f"density/{name}"] = layer.density
+        for u in list(self._pending):
+            if step >= u + self.k:
+                before = [self._losses[s] for s in range(u - self.k + 1, u + 1) if s in self._losses]
+                after = [self._losses[s] for s in range(u + 1, u + self.k + 1) if s in self._losses]
+                if before and after:
+                    spike = float(torch.stack(after).float().mean() - torch.stack(before).float().mean())
+                    metrics["sparsity/spike"] = spike
+                    self.spikes.append((u, spike))
+                self._pending.remove(u)
+        for s in [s for s in self._losses if s < step - 3 * self.k]:
+            del self._losses[s]
+        if metrics:
+            pl_module.log_dict(metrics, on_step=True, on_epoch=False)

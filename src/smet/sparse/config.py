@@ -1,0 +1,90 @@
+"""Schema checks for the ``sparsity`` config group and the SMET optimizer keys (no Hydra import).
+
+Each failure raises SmetConfigError naming the key, before any compute.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from smet.errors import SmetConfigError
+
+METHODS = ("dense", "static", "set", "rigl", "smet")
+GROWTH = ("random", "gradient", "none")
+MATERIALIZE = ("transient", "persistent")
+ALLOCATION = ("uniform", "erk")
+DROP_SCHEDULES = ("cosine", "linear", "constant")
+DENSITY_SCHEDULES = ("constant", "gradual")
+LR_SCALING = ("none", "inverse", "inverse_sqrt")
+LR_SCALING_SCOPE = ("sparse", "all")
+WARMUP_SHAPES = ("linear", "momentum")
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _choice(sp: Mapping, key: str, options, prefix: str) -> None:
+    v = sp.get(key)
+    if v not in options:
+        raise SmetConfigError(f"{prefix}.{key}", f"unknown value {v!r}; choose one of {', '.join(options)}")
+
+
+def check_sparsity_config(sp: Mapping, opt: Mapping, model: Mapping | None = None) -> None:
+    method = sp.get("method", "dense")
+    if method not in METHODS:
+        raise SmetConfigError("sparsity.method", f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    d = sp.get("density", 1.0)
+    if not _num(d) or not 0.0 < d <= 1.0:
+        raise SmetConfigError("sparsity.density", f"must be in (0, 1], got {d!r}")
+    if method == "dense":
+        return
+    for key, opts in (("growth", GROWTH), ("materialize", MATERIALIZE), ("allocation", ALLOCATION),
+                      ("drop_schedule", DROP_SCHEDULES)):
+        _choice(sp, key, opts, "sparsity")
+    b = sp.get("block_size", 1)
+    if not _is_int(b) or b < 1:
+        raise SmetConfigError("sparsity.block_size", f"must be a positive integer, got {b!r}")
+    if model:
+        for dim_key in ("hidden_size", "intermediate_size"):
+            dim = model.get(dim_key)
+            if _is_int(dim) and dim % b:
+                raise SmetConfigError("sparsity.block_size",
+                                      f"{b} does not divide the row length model.{dim_key}={dim}")
+    ui = sp.get("update_interval")
+    if not _is_int(ui) or ui <= 0:
+        raise SmetConfigError("sparsity.update_interval", f"must be a positive integer, got {ui!r}")
+    for key in ("update_start", "update_stop"):
+        v = sp.get(key)
+        if v is not None and (not _is_int(v) or v < 0):
+            raise SmetConfigError(f"sparsity.{key}", f"must be null or a non-negative integer, got {v!r}")
+    for key in ("drop_fraction", "drop_fraction_end"):
+        v = sp.get(key)
+        if not _num(v) or not 0.0 <= v < 1.0:
+            raise SmetConfigError(f"sparsity.{key}", f"must be in [0, 1), got {v!r}")
+    targets = sp.get("targets")
+    if not targets or isinstance(targets, str):
+        raise SmetConfigError("sparsity.targets", f"must be a non-empty list of module names, got {targets!r}")
+    ds = sp.get("density_schedule") or {"kind": "constant"}
+    _choice(ds, "kind", DENSITY_SCHEDULES, "sparsity.density_schedule")
+    if ds.get("kind") == "gradual":
+        init = ds.get("initial", 1.0)
+        if not _num(init) or not 0.0 < init <= 1.0:
+            raise SmetConfigError("sparsity.density_schedule.initial", f"must be in (0, 1], got {init!r}")
+        start, end = ds.get("start") or 0, ds.get("end")
+        if end is not None and (not _is_int(end) or end <= start):
+            raise SmetConfigError("sparsity.density_schedule.end", f"must be an integer > start ({start}), got {end!r}")
+    # optimizer keys that only matter for sparse runs
+    w = opt.get("regrowth_warmup_steps", 0)
+    if not _is_int(w) or w < 0:
+        raise SmetConfigError("optimizer.regrowth_warmup_steps", f"must be an integer >= 0, got {w!r}")
+    _choice(opt, "lr_scaling", LR_SCALING, "optimizer")
+    _choice(opt, "lr_scaling_scope", LR_SCALING_SCOPE, "optimizer")
+    _choice(opt, "warmup_shape", WARMUP_SHAPES, "optimizer")
+    for key in ("reset_local_step", "reset_moments"):
+        if not isinstance(opt.get(key), bool):
+            raise SmetConfigError(f"optimizer.{key}", f"must be true or false, got {opt.get(key)!r}")

@@ -1,0 +1,263 @@
+"""Compact sparse linear layer: only the active weights are stored.
+
+A layer of shape (out, in) is cut into 1-D blocks of ``b`` consecutive elements of a row (b = 1 is
+unstructured). ``capacity`` block slots hold the active blocks:
+
+* ``values``  - trainable parameter, shape (capacity * b,), the active weights, slot-major;
+* ``idx``     - int32 buffer, shape (capacity,), flat block id of each slot
+  (``row * (in / b) + col // b``);
+* ``n_live``  - slots [0, n_live) are active; slots past it (only under a decreasing density
+  schedule) hold zeros and receive zero gradient.
+
+Materialisation (``materialize``):
+
+* ``transient``  - nothing dense at rest. Forward scatters the active values into a dense weight in
+  the compute dtype, runs the GEMM and frees it; backward rebuilds it (it is not saved) and gathers
+  the dense weight gradient at the active positions, so ``values.grad`` has the compact shape.
+* ``persistent`` - a dense compute-dtype copy (buffer ``dense``, not saved in state dicts) is kept
+  equal to the active values: the SMET optimizer writes the new values into it after each step,
+  topology updates zero the pruned positions. Forward/backward are plain GEMMs plus one gather.
+
+Either way the dense weight gradient of a layer lives only inside that layer's backward.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+INDEX_DTYPE = torch.int32
+
+
+def element_index(idx: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Flat element positions (int64) of the blocks in ``idx`` (block ids), slot-major."""
+    idx = idx.long()
+    if block_size == 1:
+        return idx
+    offs = torch.arange(block_size, device=idx.device)
+    return (idx.unsqueeze(1) * block_size + offs).reshape(-1)
+
+
+class _TransientFn(torch.autograd.Function):
+    """y = x @ W^T with W = scatter(values at idx) built in forward and again in backward."""
+
+    @staticmethod
+    def forward(ctx, x, values, eidx, layer):
+        shape = (layer.out_features, layer.in_features)
+        w = layer._scatter_dense(values, eidx, x.dtype)
+        y = F.linear(x, w.view(shape))
+        ctx.save_for_backward(x, values, eidx)
+        ctx.layer = layer
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, values, eidx = ctx.saved_tensors
+        layer = ctx.layer
+        shape = (layer.out_features, layer.in_features)
+        gx = gvals = None
+        if ctx.needs_input_grad[0]:
+            w = layer._scatter_dense(values, eidx, gy.dtype)
+            gx = gy @ w.view(shape)
+            del w
+        if ctx.needs_input_grad[1]:
+            gw = gy.reshape(-1, shape[0]).t() @ x.reshape(-1, shape[1])
+            gvals = layer._gather_grad(gw, eidx, values)
+            layer._maybe_record_growth(gw)
+            del gw
+        return gx, gvals, None, None
+
+
+class _PersistentFn(torch.autograd.Function):
+    """y = x @ D^T with D the persistent dense copy (or its cast to the compute dtype); the weight
+    gradient is gathered at the active slots."""
+
+    @staticmethod
+    def forward(ctx, x, values, eidx, w, layer):
+        y = F.linear(x, w)
+        ctx.save_for_backward(x, values, eidx, w)
+        ctx.layer = layer
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, values, eidx, w = ctx.saved_tensors
+        layer = ctx.layer
+        shape = (layer.out_features, layer.in_features)
+        gx = gvals = None
+        if ctx.needs_input_grad[0]:
+            gx = gy @ w
+        if ctx.needs_input_grad[1]:
+            gw = gy.reshape(-1, shape[0]).t() @ x.reshape(-1, shape[1])
+            gvals = layer._gather_grad(gw, eidx, values)
+            layer._maybe_record_growth(gw)
+            del gw
+        return gx, gvals, None, None, None
+
+
+class SparseLinear(nn.Module):
+    """Drop-in replacement for ``nn.Linear(in, out, bias=False)`` storing only active weights."""
+
+    def __init__(self, in_features: int, out_features: int, n_active_blocks: int, block_size: int = 1,
+                 materialize: str = "transient", capacity: int | None = None, dense_dtype: torch.dtype | None = None,
+                 device=None, dtype=None):
+        super().__init__()
+        if block_size < 1 or in_features % block_size:
+            raise ValueError(f"block_size {block_size} does not divide the row length {in_features}")
+        if materialize not in ("transient", "persistent"):
+            raise ValueError(f"materialize must be 'transient' or 'persistent', got {materialize!r}")
+        self.in_features, self.out_features = in_features, out_features
+        self.block_size = block_size
+        self.n_blocks_total = out_features * in_features // block_size
+        capacity = n_active_blocks if capacity is None else capacity
+        if not 0 < n_active_blocks <= capacity <= self.n_blocks_total:
+            raise ValueError(f"need 0 < active ({n_active_blocks}) <= capacity ({capacity}) <= blocks ({self.n_blocks_total})")
+        self.capacity = capacity
+        self.n_live = n_active_blocks
+        self.materialize = materialize
+        factory = {"device": device, "dtype": dtype}
+        self.values = nn.Parameter(torch.empty(capacity * block_size, **factory))
+        self.register_buffer("idx", torch.zeros(capacity, dtype=INDEX_DTYPE, device=device))
+        self.dense: torch.Tensor | None = None
+        self._dense_dtype = dense_dtype
+        # set by the topology controller on steps whose gradient ranks growth candidates (RigL)
+        self.growth_request: int = 0
+        self.growth_candidates: torch.Tensor | None = None
+        self.grad_reduce_fn: Callable[[torch.Tensor], None] | None = None
+        self.name = ""
+        self.register_load_state_dict_post_hook(lambda module, keys: module.refresh_dense())
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def density(self) -> float:
+        return self.n_live / self.n_blocks_total
+
+    @property
+    def n_active(self) -> int:
+        """Active weights (elements)."""
+        return self.n_live * self.block_size
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_features}, out={self.out_features}, density={self.density:.4f}, "
+                f"block={self.block_size}, active={self.n_active}, materialize={self.materialize}")
+
+    def live_element_index(self) -> torch.Tensor:
+        return element_index(self.idx[: self.n_live], self.block_size)
+
+    @torch.no_grad()
+    def init_random(self, std: float, generator: torch.Generator | None = None) -> None:
+        """Pick ``n_live`` distinct blocks uniformly at random, values ~ N(0, std).
+
+        Same distribution as a dense N(0, std) init followed by a uniform random mask (the
+        reference behaviour), without allocating the dense weight.
+        """
+        dev = self.idx.device
+        gen_dev = generator.device if generator is not None else torch.device("cpu")
+        perm = torch.randperm(self.n_blocks_total, generator=generator, device=gen_dev)[: self.n_live]
+        chosen = perm.sort().values.to(dev)
+        self.idx.zero_()
+        self.idx[: self.n_live] = chosen.to(INDEX_DTYPE)
+        vals = torch.randn(self.n_live * self.block_size, generator=generator, device=gen_dev) * std
+        self.values.zero_()
+        self.values[: self.n_live * self.block_size] = vals.to(device=dev, dtype=self.values.dtype)
+        self.refresh_dense()
+
+    @torch.no_grad()
+    def load_from_dense(self, weight: torch.Tensor, block_ids: torch.Tensor) -> None:
+        """Take the given blocks' values from a dense (out, in) weight (tests, conversion)."""
+        n = block_ids.numel()
+        self.idx.zero_()
+        self.idx[:n] = block_ids.to(INDEX_DTYPE)
+        self.n_live = n
+        self.values.zero_()
+        self.values[: n * self.block_size] = weight.reshape(-1)[element_index(block_ids, self.block_size)].to(self.values)
+        self.refresh_dense()
+
+    @torch.no_grad()
+    def to_dense(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        w = torch.zeros(self.out_features * self.in_features, dtype=dtype or self.values.dtype, device=self.values.device)
+        w[self.live_element_index()] = self.values[: self.n_active].to(w.dtype)
+        return w.view(self.out_features, self.in_features)
+
+    @torch.no_grad()
+    def mask(self) -> torch.Tensor:
+        m = torch.zeros(self.out_features * self.in_features, dtype=torch.bool, device=self.idx.device)
+        m[self.live_element_index()] = True
+        return m.view(self.out_features, self.in_features)
+
+    # ---------------------------------------------------------- persistent copy
+    def set_dense_dtype(self, dtype: torch.dtype) -> None:
+        self._dense_dtype = dtype
+        self.refresh_dense()
+
+    @torch.no_grad()
+    def refresh_dense(self) -> None:
+        """(Re)build the persistent dense copy from the compact values (no-op when transient)."""
+        if self.materialize != "persistent" or self.values.is_meta:
+            self.dense = None
+            return
+        dtype = self._dense_dtype or self.values.dtype
+        w = torch.zeros(self.out_features * self.in_features, dtype=dtype, device=self.values.device)
+        w[self.live_element_index()] = self.values[: self.n_active].to(dtype)
+        self.dense = w.view(self.out_features, self.in_features)
+
+    @torch.no_grad()
+    def sync_dense_values(self) -> None:
+        """Write the current active values into the persistent copy (after an optimizer step)."""
+        if self.dense is not None:
+            self.dense.view(-1)[self.live_element_index()] = self.values[: self.n_active].to(self.dense.dtype)
+
+    def _apply(self, fn, recurse=True):  # keep the persistent copy on the module's device/dtype policy
+        out = super()._apply(fn, recurse)
+        if self.dense is not None:
+            self.refresh_dense()
+        return out
+
+    # -------------------------------------------------------------- autograd
+    def _scatter_dense(self, values: torch.Tensor, eidx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        w = torch.zeros(self.out_features * self.in_features, dtype=dtype, device=values.device)
+        n = eidx.numel()
+        w.index_copy_(0, eidx, values[:n].to(dtype))
+        return w
+
+    def _gather_grad(self, gw: torch.Tensor, eidx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        g = gw.reshape(-1).index_select(0, eidx).to(values.dtype)
+        if g.numel() == values.numel():
+            return g
+        out = torch.zeros_like(values)
+        out[: g.numel()] = g
+        return out
+
+    def _maybe_record_growth(self, gw: torch.Tensor) -> None:
+        """On RigL update steps: remember the ``growth_request`` inactive blocks of largest |grad|."""
+        if self.growth_request <= 0:
+            return
+        if self.grad_reduce_fn is not None:
+            self.grad_reduce_fn(gw)
+        score = gw.detach().float().abs()
+        if self.block_size > 1:
+            score = score.view(-1, self.block_size).sum(1)
+        score = score.reshape(-1)
+        score[self.idx[: self.n_live].long()] = -math.inf
+        self.growth_candidates = torch.topk(score, self.growth_request, sorted=False).indices
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        eidx = self.live_element_index()
+        dev = x.device.type
+        if torch.is_autocast_enabled(dev):
+            x = x.to(torch.get_autocast_dtype(dev))
+            with torch.autocast(dev, enabled=False):
+                return self._apply_fn(x, eidx)
+        return self._apply_fn(x, eidx)
+
+    def _apply_fn(self, x: torch.Tensor, eidx: torch.Tensor) -> torch.Tensor:
+        if self.materialize == "persistent":
+            if self.dense is None or self.dense.device != x.device:
+                self.refresh_dense()
+            w = self.dense if self.dense.dtype == x.dtype else self.dense.to(x.dtype)
+            return _PersistentFn.apply(x, self.values, eidx, w, self)
+        return _TransientFn.apply(x, self.values, eidx, self)

@@ -1,0 +1,443 @@
+"""Memory accounting for dense and compact-sparse training (pure PyTorch, no Lightning/Hydra).
+
+Three tools that agree with each other to the byte:
+
+* :func:`measure_static` - the static memory of a LIVE model + optimizer, read from the tensors
+  themselves (each storage counted once);
+* :func:`predict_static` - the same breakdown computed from the configs alone: the model is built on
+  ``torch.device("meta")`` to read its shapes and the per-layer active counts come from the very
+  functions ``sparsify_model`` uses (``active_blocks``, ``erk_densities``), so nothing of the model
+  size is ever allocated (LLaMA-13B is predicted in about a second);
+* :func:`bytes_per_active_weight` - the closed-form per-weight model below.
+
+Both breakdowns are ``{"all": {...}, "sparse": {...}}`` with the categories
+
+============  ===============================================================================
+weights       parameters (sparse layers: the compact ``values``)
+grads         ``.grad`` tensors that exist (predictions assume they do: right after backward)
+optimizer     every tensor in ``optimizer.state`` except ``local_step`` (m, v, AdamW's 0-dim
+              fp32 ``step`` of dense parameters; the SMET optimizer's sparse ``step`` is a
+              python int and costs nothing)
+metadata      sparse layers' ``idx`` (int32, one per block slot) + the optimizer's per-slot
+              ``local_step`` (int16 / int32)
+compute_copy  persistent dense copies of sparse layers (``materialize="persistent"``)
+buffers       other model buffers (the RoPE ``cos``/``sin`` tables)
+total         sum of the above
+============  ===============================================================================
+
+``"sparse"`` restricts everything to the sparse layers (their values, grads, states, idx,
+local_step and dense copy). For a dense model it covers the same target linears (the layers a
+sparse method would replace), so the two are directly comparable.
+
+Bytes per active weight (sparse layers, block size ``b``, capacity == active count)
+------------------------------------------------------------------------------------
+
+``p`` = parameter / optimizer-state bytes (4 for ``32``, ``32-true``, ``bf16-mixed``,
+``16-mixed``; 2 for ``bf16-true``). The index costs 4 B per block slot, the local step 2 B
+(int16: default betas and W <= 17,329) or 4 B (int32) per block slot and only exists when the
+optimizer tracks local steps (``reset_local_step`` or ``regrowth_warmup_steps > 0``).
+
+=============================  ======  =====  ===  ===  =======  ==========  ==============
+configuration                  values  grads  m    v    index    local step  total (b = 1)
+=============================  ======  =====  ===  ===  =======  ==========  ==============
+dense AdamW, fp32 states       4       4      4    4    -        -           16 per weight
+dense AdamW, pure bf16         2       2      2    2    -        -           8 per weight
+smet, fp32 states              4       4      4    4    4/b      2/b         22
+smet, pure bf16 (bf16-true)    2       2      2    2    4/b      2/b         14
+static / set / rigl, fp32      4       4      4    4    4/b      0           20
+static / set / rigl, bf16      2       2      2    2    4/b      0           12
+=============================  ======  =====  ===  ===  =======  ==========  ==============
+
+``materialize="persistent"`` adds a dense compute copy: +2 B (bf16 precisions) or +4 B per
+DENSE position of every sparse layer, i.e. +2/d or +4/d per active weight at density d. In the
+default ``transient`` mode a dense weight exists only inside one layer's forward/backward (see
+:func:`estimate_activations`, ``transient_workspace``). Break-even against dense AdamW at b = 1
+(smet): d = 16/22 = 0.73 with fp32 states, 8/14 = 0.57 in pure bf16; at b = 4 the metadata
+drops to 1.5 B (smet, 17.5 B and 9.5 B per active weight).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import nn
+
+CATEGORIES = ("weights", "grads", "optimizer", "metadata", "compute_copy", "buffers")
+PRECISION_BYTES = {"32": 4, "32-true": 4, "bf16-mixed": 4, "16-mixed": 4, "bf16-true": 2}
+SPARSE_METHODS = ("static", "set", "rigl", "smet")
+METHODS = ("dense",) + SPARSE_METHODS
+
+
+# ----------------------------------------------------------------------------- configs
+def method_configs(method: str, density: float = 1.0, *, block_size: int = 1, materialize: str = "transient",
+                   allocation: str = "uniform", update_interval: int = 100, lr: float = 1e-3,
+                   betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+                   regrowth_warmup_steps: int = 100, **sparsity_extra: Any) -> tuple[dict, dict]:
+    """(sparsity_cfg, optimizer_cfg) of a named method, as benchmarks and the memory CLI use them.
+
+    dense: AdamW. static: fixed random mask (growth none), global-step Adam on the active weights.
+    set / rigl: prune by magnitude, regrow random / by gradient, moments zeroed, GLOBAL step
+    (no local step tensor), no LR scaling. smet: regrow random, local step reset, regrowth warm-up
+    W (default 100), density LR scaling ``inverse``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    ocfg = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
+    if method == "dense":
+        return {"method": "dense", "density": 1.0}, ocfg
+    growth = {"static": "none", "set": "random", "rigl": "gradient", "smet": "random"}[method]
+    scfg = {"method": method, "density": float(density), "block_size": int(block_size), "materialize": materialize,
+            "allocation": allocation, "growth": growth, "update_interval": int(update_interval)}
+    scfg.update(sparsity_extra)
+    smet = method == "smet"
+    ocfg.update({"regrowth_warmup_steps": int(regrowth_warmup_steps) if smet else 0,
+                 "lr_scaling": "inverse" if smet else "none", "lr_scaling_scope": "sparse",
+                 "reset_local_step": smet, "reset_moments": True, "warmup_shape": "linear"})
+    return scfg, ocfg
+
+
+def param_bytes(precision: str) -> int:
+    """Bytes of one parameter / optimizer-state element under a Lightning precision string."""
+    try:
+        return PRECISION_BYTES[str(precision)]
+    except KeyError:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_BYTES)}") from None
+
+
+def compute_copy_bytes(precision: str) -> int:
+    """Bytes per dense position of a persistent compute copy (bf16 under bf16 precisions)."""
+    param_bytes(precision)
+    return 2 if str(precision).startswith("bf16") else 4
+
+
+def local_step_bytes(optimizer_cfg: Mapping[str, Any]) -> int:
+    """Bytes per block slot of the SMET optimizer's local step (0 when it tracks none)."""
+    from smet.sparse.optimizer import saturation_step
+
+    w = int(optimizer_cfg.get("regrowth_warmup_steps", 0))
+    if not (bool(optimizer_cfg.get("reset_local_step", True)) or w > 0):
+        return 0
+    b1, b2 = (float(x) for x in optimizer_cfg.get("betas", (0.9, 0.999)))
+    cap = max(saturation_step(b1, b2), w)
+    return 2 if cap <= torch.iinfo(torch.int16).max else 4
+
+
+# ----------------------------------------------------------------------------- measuring
+class _Counter:
+    """Adds storage sizes into categories, each storage once."""
+
+    def __init__(self) -> None:
+        self.seen: set[tuple[str, int, int]] = set()
+        self.out = {k: 0 for k in CATEGORIES}
+
+    def add(self, cat: str, t: torch.Tensor | None) -> None:
+        if t is None or not isinstance(t, torch.Tensor) or t.is_meta:
+            return
+        st = t.untyped_storage()
+        key = (str(t.device), st.data_ptr(), st.nbytes())
+        if st.nbytes() == 0 or key in self.seen:
+            return
+        self.seen.add(key)
+        self.out[cat] += st.nbytes()
+
+    def result(self) -> dict[str, int]:
+        d = dict(self.out)
+        d["total"] = sum(d[k] for k in CATEGORIES)
+        return d
+
+
+def _target_linears(model: nn.Module, targets: Iterable[str] | None) -> list[nn.Module]:
+    from smet.sparse.topology import DEFAULT_TARGETS
+
+    names = set(targets or DEFAULT_TARGETS)
+    return [m for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in names]
+
+
+def _sparse_layers(model: nn.Module, sparse) -> list:
+    from smet.sparse.layer import SparseLinear
+
+    if sparse is not None:
+        return list(sparse.layers)
+    return [m for m in model.modules() if isinstance(m, SparseLinear)]
+
+
+def measure_static(model: nn.Module, optimizer: torch.optim.Optimizer | None, sparse=None,
+                   targets: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
+    """Static memory of a live model + optimizer in bytes: ``{"all": {...}, "sparse": {...}}``.
+
+    ``sparse`` is the :class:`~smet.sparse.topology.SparseController` (found from the model's
+    ``SparseLinear`` modules when omitted). For a dense model the ``"sparse"`` breakdown covers the
+    target linears (``targets``, default the 7 projections). See the module docstring for the
+    categories. Measure right after ``optimizer.step()`` and before ``zero_grad`` to include grads.
+    """
+    layers = _sparse_layers(model, sparse)
+    if layers:
+        sparse_params = [layer.values for layer in layers]
+    else:
+        sparse_params = [m.weight for m in _target_linears(model, targets)]
+    sparse_ids = {id(p) for p in sparse_params}
+    state = optimizer.state if optimizer is not None else {}
+
+    def states(p) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        st = state.get(p, {}) if optimizer is not None else {}
+        opt_t, meta_t = [], []
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                (meta_t if k == "local_step" else opt_t).append(v)
+        return opt_t, meta_t
+
+    def count(params: list, buffers: list, idx_bufs: list, copies: list) -> dict[str, int]:
+        c = _Counter()
+        for p in params:
+            c.add("weights", p)
+        for p in params:
+            c.add("grads", p.grad)
+        meta_states = []
+        for p in params:
+            opt_t, meta_t = states(p)
+            for t in opt_t:
+                c.add("optimizer", t)
+            meta_states += meta_t
+        for t in idx_bufs + meta_states:
+            c.add("metadata", t)
+        for t in copies:
+            c.add("compute_copy", t)
+        for t in buffers:
+            c.add("buffers", t)
+        return c.result()
+
+    idx_bufs = [layer.idx for layer in layers]
+    idx_ids = {id(t) for t in idx_bufs}
+    copies = [layer.dense for layer in layers if getattr(layer, "dense", None) is not None]
+    all_params = list(model.parameters())
+    # parameters the optimizer holds but the model does not (unusual) still count as weights
+    if optimizer is not None:
+        ids = {id(p) for p in all_params}
+        all_params += [p for g in optimizer.param_groups for p in g["params"] if id(p) not in ids]
+    other_buffers = [b for b in model.buffers() if id(b) not in idx_ids]
+    return {
+        "all": count(all_params, other_buffers, idx_bufs, copies),
+        "sparse": count([p for p in all_params if id(p) in sparse_ids], [], idx_bufs, copies),
+    }
+
+
+# ----------------------------------------------------------------------------- predicting
+def _model_config(model_cfg: Mapping[str, Any], vocab_size: int, seq_len: int):
+    from smet.models.llama import LlamaConfig
+
+    d = dict(model_cfg)
+    if d.get("vocab_size") in (None, "auto"):
+        d["vocab_size"] = int(vocab_size)
+    if d.get("max_seq_len") in (None, "auto"):
+        d["max_seq_len"] = int(seq_len)
+    return LlamaConfig.from_dict(d)
+
+
+def meta_model(model_cfg: Mapping[str, Any], vocab_size: int, seq_len: int) -> nn.Module:
+    """The model on ``torch.device("meta")``: shapes only, no storage."""
+    from smet.models.llama import LlamaForCausalLM
+
+    cfg = _model_config(model_cfg, vocab_size, seq_len)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.device("meta"):
+            return LlamaForCausalLM(cfg)
+
+
+def sparse_layer_plan(shapes: list[tuple[int, int]], sparsity_cfg: Mapping[str, Any]) -> list[dict[str, int]]:
+    """Per target layer (out, in): block size, blocks, capacity and final active blocks, computed
+    exactly as ``sparsify_model`` does (same allocation and rounding)."""
+    from smet.sparse.schedules import active_blocks, erk_densities
+    from smet.sparse.topology import SparsityConfig
+
+    cfg = SparsityConfig.from_mapping(sparsity_cfg)
+    b = int(cfg.block_size)
+    for o, i in shapes:
+        if b < 1 or i % b:
+            raise ValueError(f"block_size {b} does not divide the row length {i}")
+    if cfg.allocation == "uniform":
+        dens = [float(cfg.density)] * len(shapes)
+    elif cfg.allocation == "erk":
+        dens = erk_densities(shapes, float(cfg.density), float(cfg.erk_power_scale))
+    else:
+        raise ValueError(f"unknown allocation {cfg.allocation!r}")
+    ds = dict(cfg.density_schedule or {"kind": "constant"})
+    d_max = (float(cfg.density) if ds.get("kind", "constant") == "constant"
+             else max(float(ds.get("initial", 1.0)), float(cfg.density)))
+    plan = []
+    for (o, i), d in zip(shapes, dens):
+        n_blocks = o * i // b
+        final = active_blocks(n_blocks, d)
+        cap = active_blocks(n_blocks, min(1.0, d * d_max / float(cfg.density))) if d_max > cfg.density else final
+        plan.append({"out": o, "in": i, "block_size": b, "blocks": n_blocks, "capacity": cap, "final": final})
+    return plan
+
+
+def predict_static(model_cfg: Mapping[str, Any], sparsity_cfg: Mapping[str, Any] | None,
+                   optimizer_cfg: Mapping[str, Any] | None, precision: str, vocab_size: int,
+                   seq_len: int) -> dict[str, dict[str, int]]:
+    """What :func:`measure_static` will report after a training step (grads present), from the
+    configs alone. Same dict shape; exact for every method, block size, allocation and both
+    materialisation modes. The optimizer is AdamW for ``method: dense`` and the SMET optimizer
+    otherwise; dense parameters carry a 0-dim fp32 ``step`` each.
+    """
+    scfg = dict(sparsity_cfg or {"method": "dense"})
+    ocfg = dict(optimizer_cfg or {})
+    p = param_bytes(precision)
+    model = meta_model(model_cfg, vocab_size, seq_len)
+    from smet.sparse.topology import DEFAULT_TARGETS
+
+    targets = set(scfg.get("targets") or DEFAULT_TARGETS)
+    found = [(n, m) for n, m in model.named_modules()
+             if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in targets]
+    if not found:
+        raise ValueError(f"no nn.Linear module matches sparsity.targets={sorted(targets)}")
+    target_ids = {id(m.weight) for _, m in found}
+    is_dense = scfg.get("method", "dense") == "dense"
+
+    allb = {k: 0 for k in CATEGORIES}
+    sp = {k: 0 for k in CATEGORIES}
+    for prm in model.parameters():  # dense params (all of them for the dense baseline)
+        if not is_dense and id(prm) in target_ids:
+            continue
+        n = prm.numel()
+        dst = (allb, sp) if id(prm) in target_ids else (allb,)
+        for d in dst:
+            d["weights"] += n * p
+            d["grads"] += n * p
+            d["optimizer"] += 2 * n * p + 4  # exp_avg, exp_avg_sq, 0-dim fp32 step
+    for buf in model.buffers():
+        allb["buffers"] += buf.numel() * (p if buf.is_floating_point() else buf.element_size())
+    if not is_dense:
+        plan = sparse_layer_plan([(m.out_features, m.in_features) for _, m in found], scfg)
+        ls = local_step_bytes(ocfg)
+        cc = compute_copy_bytes(precision) if scfg.get("materialize", "transient") == "persistent" else 0
+        for lay in plan:
+            cap, b = lay["capacity"], lay["block_size"]
+            vals = cap * b
+            for d in (allb, sp):
+                d["weights"] += vals * p
+                d["grads"] += vals * p
+                d["optimizer"] += 2 * vals * p
+                d["metadata"] += cap * 4 + cap * ls
+                d["compute_copy"] += lay["out"] * lay["in"] * cc
+    for d in (allb, sp):
+        d["total"] = sum(d[k] for k in CATEGORIES)
+    return {"all": allb, "sparse": sp}
+
+
+def active_weight_count(model_cfg: Mapping[str, Any], sparsity_cfg: Mapping[str, Any] | None, vocab_size: int,
+                        seq_len: int) -> int:
+    """Active weights in the sparse layers (all weights of the target linears for a dense model)."""
+    scfg = dict(sparsity_cfg or {"method": "dense"})
+    model = meta_model(model_cfg, vocab_size, seq_len)
+    from smet.sparse.topology import DEFAULT_TARGETS
+
+    targets = set(scfg.get("targets") or DEFAULT_TARGETS)
+    shapes = [(m.out_features, m.in_features) for n, m in model.named_modules()
+              if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in targets]
+    if scfg.get("method", "dense") == "dense":
+        return sum(o * i for o, i in shapes)
+    return sum(lay["capacity"] * lay["block_size"] for lay in sparse_layer_plan(shapes, scfg))
+
+
+# ----------------------------------------------------------------------------- formula
+def bytes_per_active_weight(precision: str = "32", method: str = "smet", block_size: int = 1,
+                            materialize: str = "transient", *, density: float | None = None,
+                            reset_local_step: bool | None = None, regrowth_warmup_steps: int | None = None,
+                            betas=(0.9, 0.999)) -> dict[str, float]:
+    """Static bytes per active weight of a sparse layer (per weight for ``method="dense"``).
+
+    Returns ``{values, grads, exp_avg, exp_avg_sq, index, local_step, total}`` plus
+    ``persistent_per_dense_position`` (the persistent compute copy, per DENSE position: 0 when
+    transient) and, when ``density`` is given, ``persistent_per_active`` (= that / density) and
+    ``total_with_persistent``. The flags default to the method's semantics (see
+    :func:`method_configs`); see the module docstring for the table.
+    """
+    p = param_bytes(precision)
+    if method == "dense":
+        out = {"values": p, "grads": p, "exp_avg": p, "exp_avg_sq": p, "index": 0.0, "local_step": 0.0}
+        out["total"] = float(sum(out.values()))
+        out["persistent_per_dense_position"] = 0.0
+        return out
+    if method not in SPARSE_METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    _, ocfg = method_configs(method, betas=betas)
+    if reset_local_step is not None:
+        ocfg["reset_local_step"] = bool(reset_local_step)
+    if regrowth_warmup_steps is not None:
+        ocfg["regrowth_warmup_steps"] = int(regrowth_warmup_steps)
+    b = int(block_size)
+    out = {"values": p, "grads": p, "exp_avg": p, "exp_avg_sq": p, "index": 4 / b,
+           "local_step": local_step_bytes(ocfg) / b}
+    out["total"] = float(sum(out.values()))
+    pers = float(compute_copy_bytes(precision)) if materialize == "persistent" else 0.0
+    out["persistent_per_dense_position"] = pers
+    if density is not None:
+        out["persistent_per_active"] = pers / float(density)
+        out["total_with_persistent"] = out["total"] + pers / float(density)
+    return out
+
+
+# ----------------------------------------------------------------------------- activations
+def estimate_activations(model_cfg: Mapping[str, Any], batch: int, seq_len: int, precision: str,
+                         checkpointing: bool, vocab: int, *, sparse_materialize: str | None = None,
+                         ) -> dict[str, int]:
+    """ESTIMATE (not a measurement) of the activation memory at the peak of one training step, bytes.
+
+    Per token, with ``s`` = activation bytes (2 under ``bf16-mixed`` / ``bf16-true``, else 4),
+    hidden ``h``, intermediate ``i``, heads ``a``, layers ``L``, vocabulary ``V``:
+
+    * per decoder layer (tensors autograd saves for backward)::
+
+          8h + 8 + s * (8h + 4i) + 4a
+
+      ``8h + 8``: each of the 2 RMSNorms keeps its fp32 input (4h) and rsqrt (4);
+      ``s * 8h``: per norm the normalised input and the output (2 x 2h), q / k after RoPE and v
+      (3h), the attention output (h, shared with the o_proj input); ``s * 4i``: gate, up,
+      silu(gate), product; ``4a``: attention log-sum-exp (fp32). Attention scores are NOT stored
+      (flash / memory-efficient SDPA, also PyTorch's CPU flash kernel);
+    * with activation checkpointing: each layer keeps only its input ``s * h``, plus one layer's
+      full set while it is recomputed in backward;
+    * outside the layers: ``16 + 4h + 4 + 2sh`` (token ids and targets, the final norm);
+    * logits: ``12 V`` - the fp32 log-softmax cross-entropy saves, plus the two fp32 gradient
+      buffers alive at the start of backward (the loss is computed in fp32 whatever the precision);
+    * ``transient_workspace`` (sparse models): in transient mode the dense weight and the dense
+      weight gradient of one layer exist together inside backward (``2 x out x in x s`` of the
+      largest sparse layer); persistent mode: the dense gradient only. Dense models: 0;
+    * ``autocast_copies`` (``*-mixed`` precisions): the 2-byte casts autocast keeps of the dense
+      ``nn.Linear`` weights during the step (sparse layers cast their own values, transiently).
+
+    The per-layer and outside terms match the saved tensors of this model exactly on CPU (checked
+    with ``torch.autograd.graph.saved_tensors_hooks``). Not counted: allocator fragmentation,
+    CUDA context / cuBLAS workspaces, communication buffers, short-lived intermediates inside a
+    layer's backward. Use it as a planning figure, not a guarantee.
+    """
+    cfg = _model_config(model_cfg, vocab, seq_len)
+    param_bytes(precision)
+    s = 2 if str(precision).startswith("bf16") else 4
+    h, i, a, L, V = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_layers, int(vocab)
+    tokens = int(batch) * int(seq_len)
+    per_layer = 8 * h + 8 + s * (8 * h + 4 * i) + 4 * a
+    if checkpointing:
+        layers = tokens * (L * s * h + per_layer)
+    else:
+        layers = tokens * L * per_layer
+    out = {"layers": layers, "outside_layers": tokens * (16 + 4 * h + 4 + 2 * s * h), "logits": tokens * 12 * V}
+    ws = 0
+    if sparse_materialize in ("transient", "persistent"):
+        largest = max(h * h, h * i)
+        ws = largest * s * (2 if sparse_materialize == "transient" else 1)
+    out["transient_workspace"] = ws
+    autocast = 0
+    if str(precision).endswith("-mixed"):
+        dense_linear = V * h  # lm_head
+        if sparse_materialize is None:
+            dense_linear += L * (4 * h * h + 3 * h * i)
+        autocast = 2 * dense_linear
+    out["autocast_copies"] = autocast
+    out["total"] = sum(out.values())
+    out["per_token_per_layer"] = per_layer
+    return out

@@ -1,0 +1,288 @@
+"""The SMET optimizer: AdamW for dense parameters, per-weight-local Adam for compact sparse weights.
+
+One ``torch.optim.Optimizer`` for the whole model. Dense parameters (embedding, head, norms) get
+ordinary AdamW (PyTorch's own functional AdamW, fused on CUDA). For the active weights of each
+compact sparse layer (smet-method.md section 3), per block slot i::
+
+    t_i <- t_i + 1                                 (local step; saturating, see below)
+    m_i <- b1 m_i + (1 - b1) g_i ;  v_i <- b2 v_i + (1 - b2) g_i^2
+    m^_i = m_i / (1 - b1^t_i)    ;  v^_i = v_i / (1 - b2^t_i)
+    eta_i = alpha(t) * s(d_layer) * w_i
+    theta_i <- theta_i - eta_i * (m^_i / (sqrt(v^_i) + eps) + lambda * theta_i)
+
+* ``reset_local_step``: a regrown slot restarts at t = 0 (first update uses t = 1: magnitude
+  eta * |g| / (|g| + eps), i.e. eta * sign(g)). Off: bias corrections use the global step, so a
+  regrown weight gets the naive DST cold start ((1 - b1) / sqrt(1 - b2) = 3.162 for the defaults).
+* ``reset_moments``: m = v = 0 for a regrown slot (off: it inherits the pruned slot's moments).
+* ``regrowth_warmup_steps`` (W) with ``warmup_shape``: ``linear`` - w_i = min(1, t_i / W) for
+  regrown slots, 1 for slots active since initialisation; ``momentum`` - the reference code's
+  first-moment damping m_i <- m_i * min(1, t_i / W) each step instead (w_i = 1).
+* density-aware LR scaling s(d) is folded into each param group's ``lr`` at construction
+  (``lr_scale`` records it), so the global LR schedule multiplies it like any other group.
+
+Local steps are stored per block slot as int16 when that is exact: the counter saturates at the
+first step where both bias corrections round to 1.0 in fp32 (and past W), so saturation changes no
+bit of the update (b2 = 0.999: 17,329). Otherwise int32. Slots active since initialisation are told
+apart from regrown ones without extra memory: their local step equals the (saturated) global step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+from torch.optim.adamw import adamw as _functional_adamw
+
+FP32_HALF_ULP_1 = 2.0**-25  # 1 - x rounds to 1.0f for x below this
+
+
+def saturation_step(beta1: float, beta2: float) -> int:
+    """Smallest t such that 1 - beta^t == 1.0 in fp32 for both betas (bias corrections vanish)."""
+    t = 1
+    for beta in (beta1, beta2):
+        if beta <= 0.0:
+            continue
+        t = max(t, int(math.ceil(math.log(FP32_HALF_ULP_1) / math.log(beta))) + 1)
+    return t
+
+
+class SMETOptimizer(torch.optim.Optimizer):
+    def __init__(self, params: Iterable, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, *, regrowth_warmup_steps: int = 0, reset_local_step: bool = True,
+                 reset_moments: bool = True, warmup_shape: str = "linear", fused: bool | None = None):
+        if warmup_shape not in ("linear", "momentum"):
+            raise ValueError(f"warmup_shape must be 'linear' or 'momentum', got {warmup_shape!r}")
+        if regrowth_warmup_steps < 0:
+            raise ValueError("regrowth_warmup_steps must be >= 0")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, sparse=False,
+                        block_size=1, lr_scale=1.0)
+        super().__init__(params, defaults)
+        self.regrowth_warmup_steps = int(regrowth_warmup_steps)
+        self.reset_local_step = bool(reset_local_step)
+        self.reset_moments = bool(reset_moments)
+        self.warmup_shape = warmup_shape
+        self.fused = fused
+        b1, b2 = self.defaults["betas"]
+        self.step_cap = max(saturation_step(b1, b2), self.regrowth_warmup_steps)
+        self.local_step_dtype = torch.int16 if self.step_cap <= torch.iinfo(torch.int16).max else torch.int32
+        if self.local_step_dtype == torch.int32:
+            self.step_cap = torch.iinfo(torch.int32).max
+        self._layers: dict[torch.nn.Parameter, object] = {}  # values param -> SparseLinear
+        self._measure: dict[torch.nn.Parameter, torch.Tensor] = {}
+        self.last_update_stats: dict[str, float] = {}
+
+    # ----------------------------------------------------------------- wiring
+    @property
+    def tracks_local_steps(self) -> bool:
+        return self.reset_local_step or self.regrowth_warmup_steps > 0
+
+    def register_layer(self, layer) -> None:
+        self._layers[layer.values] = layer
+
+    def layer_of(self, p):
+        return self._layers.get(p)
+
+    def _sparse_state(self, p: torch.Tensor, group: dict) -> dict:
+        st = self.state[p]
+        if not st:
+            st["step"] = 0
+            st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if self.tracks_local_steps:
+                slots = p.numel() // group["block_size"]
+                st["local_step"] = torch.zeros(slots, dtype=self.local_step_dtype, device=p.device)
+        return st
+
+    @torch.no_grad()
+    def reset_slots(self, p: torch.nn.Parameter, slots: torch.Tensor) -> None:
+        """A topology update regrew ``slots`` of sparse parameter ``p``: reset their state."""
+        st = self.state.get(p)
+        if not st:
+            return
+        group = next(g for g in self.param_groups if any(q is p for q in g["params"]))
+        b = group["block_size"]
+        if self.reset_moments:
+            st["exp_avg"].view(-1, b)[slots] = 0
+            st["exp_avg_sq"].view(-1, b)[slots] = 0
+        if "local_step" in st:
+            st["local_step"][slots] = 0
+
+    @torch.no_grad()
+    def compact_slots(self, p: torch.nn.Parameter, keep_slots: torch.Tensor, n_live: int) -> None:
+        """A density change rewrote ``p``'s slots: survivors ``keep_slots`` move to the front (in order),
+        the slots after them up to ``n_live`` are newly grown (zero state), the rest are free (zero)."""
+        st = self.state.get(p)
+        if not st:
+            return
+        group = next(g for g in self.param_groups if any(q is p for q in g["params"]))
+        b = group["block_size"]
+        n = keep_slots.numel()
+        for key in ("exp_avg", "exp_avg_sq", "local_step"):
+            if key not in st:
+                continue
+            x = st[key].view(-1, b) if key != "local_step" else st[key]
+            kept = x[keep_slots].clone()
+            x.zero_()
+            x[:n] = kept
+
+    def measure_next_step(self, p: torch.nn.Parameter, regrown_slots: torch.Tensor) -> None:
+        """Record mean |update| / lr of regrown vs mature slots of ``p`` at the next step."""
+        self._measure[p] = regrown_slots
+
+    # ------------------------------------------------------------------- step
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        stats: dict[str, list[float]] = {"regrown": [], "mature": []}
+        for group in self.param_groups:
+            if group["sparse"]:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        self._sparse_update(p, group, stats)
+            else:
+                self._dense_update(group)
+        if self._measure:
+            self._measure.clear()
+            self.last_update_stats = {k: (sum(v) / len(v) if v else float("nan")) for k, v in stats.items()}
+        return loss
+
+    def _dense_update(self, group: dict) -> None:
+        params, grads, m, v, steps = [], [], [], [], []
+        fused = self.fused
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            st = self.state[p]
+            if not st:
+                on_dev = bool(fused) and p.is_cuda
+                st["step"] = torch.zeros((), dtype=torch.float32, device=p.device if on_dev else "cpu")
+                st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            params.append(p)
+            grads.append(p.grad)
+            m.append(st["exp_avg"])
+            v.append(st["exp_avg_sq"])
+            steps.append(st["step"])
+        if not params:
+            return
+        b1, b2 = group["betas"]
+        use_fused = bool(fused) and all(p.is_cuda for p in params)
+        _functional_adamw(params, grads, m, v, [], steps, foreach=None if use_fused else True,
+                          fused=use_fused or None, amsgrad=False, beta1=b1, beta2=b2, lr=group["lr"],
+                          weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
+
+    def _sparse_update(self, p: torch.nn.Parameter, group: dict, stats: dict) -> None:
+        b = group["block_size"]
+        b1, b2 = group["betas"]
+        lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+        st = self._sparse_state(p, group)
+        st["step"] += 1
+        T = st["step"]
+        g = p.grad.view(-1, b)
+        m, v = st["exp_avg"].view(-1, b), st["exp_avg_sq"].view(-1, b)
+        m.mul_(b1).add_(g, alpha=1.0 - b1)
+        v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
+
+        W = self.regrowth_warmup_steps
+        ramp = None
+        if "local_step" in st:
+            lt = st["local_step"]
+            lt.add_(1).clamp_(max=self.step_cap)
+            tf = lt.to(torch.float32).unsqueeze(1)
+            if W > 0:
+                # regrown slots lag the global step; slots alive since init equal it (both saturate)
+                regrown = lt < min(T, self.step_cap)
+                ramp = torch.where(regrown.unsqueeze(1), (tf / W).clamp_(max=1.0), torch.ones_like(tf))
+                if self.warmup_shape == "momentum":
+                    m.mul_(ramp.to(m.dtype))
+                    ramp = None
+        if self.reset_local_step:
+            # per-slot bias corrections, computed in float64 and rounded once to fp32 (so t = 1 gives
+            # exactly fl32(1 - beta), the same factor the moment update used)
+            t64 = lt.to(torch.float64).unsqueeze(1)
+            bc1 = (1.0 - torch.pow(b1, t64)).float()
+            bc2 = (1.0 - torch.pow(b2, t64)).float()
+            denom = (v.float() / bc2).sqrt_().add_(eps)
+            upd = (m.float() / bc1).div_(denom)
+        else:
+            bc1 = 1.0 - b1**T
+            bc2 = 1.0 - b2**T
+            denom = (v.float() / bc2).sqrt_().add_(eps)
+            upd = (m.float() / bc1).div_(denom)
+        step_lr = lr if ramp is None else ramp * lr  # python float or (slots, 1) tensor
+        pv = p.view(-1, b)
+        measure = p in self._measure
+        old = pv.detach().float().clone() if measure else None
+        if wd != 0.0:
+            pv.mul_((1.0 - step_lr * wd) if ramp is None else (1.0 - step_lr * wd).to(pv.dtype))
+        if ramp is None:
+            pv.add_(upd.to(pv.dtype), alpha=-lr)
+        else:
+            pv.sub_((upd * step_lr).to(pv.dtype))
+        layer = self._layers.get(p)
+        if measure:
+            delta = (pv.float() - old).abs().mean(1) / lr
+            slots = self._measure[p]
+            live = layer.n_live if layer is not None else delta.shape[0]
+            is_regrown = torch.zeros(delta.shape[0], dtype=torch.bool, device=delta.device)
+            is_regrown[slots] = True
+            is_regrown = is_regrown[:live]
+            d = delta[:live]
+            if is_regrown.any():
+                stats["regrown"].append(float(d[is_regrown].mean()))
+            if (~is_regrown).any():
+                stats["mature"].append(float(d[~is_regrown].mean()))
+        if layer is not None:
+            layer.sync_dense_values()
+
+
+def lr_scale(density: float, mode: str) -> float:
+    if mode == "none" or density >= 1.0:
+        return 1.0
+    if mode == "inverse":
+        return 1.0 / density
+    if mode == "inverse_sqrt":
+        return 1.0 / math.sqrt(density)
+    raise ValueError(f"unknown lr_scaling {mode!r}")
+
+
+def build_smet_optimizer(model: torch.nn.Module, ocfg, sparse) -> SMETOptimizer:
+    """Param groups: dense (decay / no decay), and one group per (density, block size) of sparse layers."""
+    lr = float(ocfg["lr"])
+    wd = float(ocfg.get("weight_decay", 0.0))
+    scaling = ocfg.get("lr_scaling", "none")
+    scope = ocfg.get("lr_scaling_scope", "sparse")
+    layers = sparse.layers
+    sparse_ids = {id(layer.values) for layer in layers}
+    global_scale = lr_scale(sparse.target_density, scaling) if scope == "all" else 1.0
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if not p.requires_grad or id(p) in sparse_ids:
+            continue
+        (decay if p.ndim >= 2 else no_decay).append(p)
+    groups: list[dict] = []
+    if decay:
+        groups.append({"params": decay, "weight_decay": wd, "lr": lr * global_scale, "lr_scale": global_scale})
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0, "lr": lr * global_scale, "lr_scale": global_scale})
+    by_key: dict[tuple, list] = {}
+    for layer in layers:
+        s = lr_scale(sparse.target_density, scaling) if scope == "all" else lr_scale(layer.final_density, scaling)
+        by_key.setdefault((round(s, 12), layer.block_size), []).append(layer.values)
+    for (s, b), ps in by_key.items():
+        groups.append({"params": ps, "weight_decay": wd, "lr": lr * s, "lr_scale": s, "sparse": True, "block_size": b})
+    on_cuda = any(p.is_cuda for p in model.parameters())
+    opt = SMETOptimizer(
+        groups, lr=lr, betas=tuple(float(x) for x in ocfg.get("betas", (0.9, 0.999))), eps=float(ocfg.get("eps", 1e-8)),
+        weight_decay=wd, regrowth_warmup_steps=int(ocfg.get("regrowth_warmup_steps", 0)),
+        reset_local_step=bool(ocfg.get("reset_local_step", True)), reset_moments=bool(ocfg.get("reset_moments", True)),
+        warmup_shape=str(ocfg.get("warmup_shape", "linear")), fused=on_cuda or None,
+    )
+    for layer in layers:
+        opt.register_layer(layer)
+    sparse.optimizer = opt
+    return opt

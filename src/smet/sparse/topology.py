@@ -1,0 +1,284 @@
+"""Sparsifying a model and updating its topology (prune by magnitude, regrow random or by gradient).
+
+``SparseController`` owns the compact layers of one model. The training loop calls
+``before_step(s)`` before the forward/backward of the optimizer step that will be number ``s``
+(1-based) and ``after_step(s)`` right after that optimizer step. At update steps (every
+``update_interval`` steps inside [update_start, update_stop)) each layer, one at a time:
+
+1. prunes the ``n_drop = round(p(s) * k)`` active blocks of smallest sum |w| (plus any extra blocks a
+   decreasing density schedule removes),
+2. regrows as many at positions that were inactive before this update (so positions pruned in this
+   round are never regrown in it): uniformly at random (SET, seeded identically on every rank) or
+   the largest |dense gradient| of step ``s`` (RigL; scored inside that layer's backward, so no set of
+   dense gradients is ever alive at once),
+3. writes them into the freed slots with value 0 and tells the optimizer to reset their state.
+
+Counts per layer are constant under a constant density; tensor shapes never change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from smet.sparse.layer import SparseLinear, element_index
+from smet.sparse.schedules import DensitySchedule, DropSchedule, active_blocks, erk_densities
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class SparsityConfig:
+    method: str = "smet"
+    density: float = 0.5
+    block_size: int = 1
+    materialize: str = "transient"
+    allocation: str = "uniform"
+    erk_power_scale: float = 1.0
+    targets: tuple = DEFAULT_TARGETS
+    growth: str = "random"  # random | gradient | none (static mask)
+    update_interval: int = 100
+    update_start: int | None = None  # default: update_interval
+    update_stop: int | None = None  # default: total steps (exclusive)
+    drop_fraction: float = 0.2
+    drop_fraction_end: float = 0.005
+    drop_schedule: str = "cosine"
+    density_schedule: dict = field(default_factory=lambda: {"kind": "constant"})
+    spike_window: int = 10
+
+    @classmethod
+    def from_mapping(cls, d: Mapping[str, Any]) -> "SparsityConfig":
+        names = set(cls.__dataclass_fields__)
+        kw = {k: v for k, v in dict(d).items() if k in names}
+        if "targets" in kw:
+            kw["targets"] = tuple(kw["targets"])
+        if kw.get("density_schedule") is None:
+            kw.pop("density_schedule", None)
+        else:
+            kw["density_schedule"] = dict(kw["density_schedule"])
+        return cls(**kw)
+
+
+def _seed_for(*parts: Any) -> int:
+    h = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+def _generator(device: torch.device, seed: int) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g
+
+
+class SparseController:
+    def __init__(self, layers: list[tuple[str, SparseLinear]], cfg: SparsityConfig, total_steps: int, seed: int = 0):
+        self.named_layers = layers
+        self.layers = [layer for _, layer in layers]
+        self.cfg = cfg
+        self.seed = int(seed)
+        self.total_steps = int(total_steps)
+        self.optimizer = None  # set by build_smet_optimizer
+        self.update_count = 0
+        self.interval = int(cfg.update_interval)
+        self.start = int(cfg.update_start if cfg.update_start is not None else cfg.update_interval)
+        self.stop = int(cfg.update_stop if cfg.update_stop is not None else total_steps)
+        self.drop = DropSchedule(cfg.drop_schedule, float(cfg.drop_fraction), float(cfg.drop_fraction_end),
+                                 start=0, end=self.stop)
+        ds = dict(cfg.density_schedule or {"kind": "constant"})
+        self.density_schedule = DensitySchedule(
+            kind=ds.get("kind", "constant"), final=float(cfg.density), initial=float(ds.get("initial", 1.0)),
+            start=int(ds.get("start") or 0), end=int(ds.get("end") or self.stop), power=float(ds.get("power", 3.0)))
+        self.last_regrown: dict[int, torch.Tensor] = {}
+        self._pending_growth = False
+
+    # ----------------------------------------------------------------- queries
+    @property
+    def target_density(self) -> float:
+        return float(self.cfg.density)
+
+    def active_weights(self) -> int:
+        return sum(layer.n_active for layer in self.layers)
+
+    def dense_weights(self) -> int:
+        return sum(layer.in_features * layer.out_features for layer in self.layers)
+
+    def density(self) -> float:
+        return self.active_weights() / max(self.dense_weights(), 1)
+
+    def is_update_step(self, step: int) -> bool:
+        if self.cfg.growth == "none" and self.density_schedule.kind == "constant":
+            return False
+        return self.start <= step < self.stop and step % self.interval == 0
+
+    def _target_count(self, layer: SparseLinear, step: int) -> int:
+        if self.density_schedule.kind == "constant":
+            return layer.n_live
+        d_max = self.density_schedule.max_density
+        d_final = self.density_schedule.final
+        d_now = self.density_schedule(step)
+        final_count = layer.final_count
+        if d_max == d_final:
+            return final_count
+        frac = (d_now - d_final) / (d_max - d_final)
+        return max(1, min(layer.capacity, int(round(final_count + (layer.capacity - final_count) * frac))))
+
+    def _counts(self, layer: SparseLinear, step: int) -> tuple[int, int, int]:
+        """(n_prune, n_grow, new_live) for one layer at update step ``step``."""
+        k_old = layer.n_live
+        k_new = self._target_count(layer, step)
+        n_drop = 0 if self.cfg.growth == "none" else int(round(self.drop(step) * min(k_old, k_new)))
+        n_drop = min(n_drop, layer.n_blocks_total - max(k_old, k_new))  # room to regrow
+        return n_drop + max(k_old - k_new, 0), n_drop + max(k_new - k_old, 0), k_new
+
+    def active_params_excluding_embedding(self) -> int:
+        return self._non_sparse_params + self.active_weights()
+
+    # -------------------------------------------------------------- training
+    def before_step(self, step: int) -> None:
+        """Called before forward/backward of optimizer step ``step`` (RigL scoring requests)."""
+        want = self.cfg.growth == "gradient" and self.is_update_step(step)
+        for layer in self.layers:
+            layer.growth_request = self._counts(layer, step)[1] if want else 0
+            if want:
+                layer.growth_candidates = None
+        self._pending_growth = want
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> dict[str, float] | None:
+        """Called right after optimizer step ``step``; runs a topology update when one is due."""
+        if self._pending_growth:
+            for layer in self.layers:
+                layer.growth_request = 0
+            self._pending_growth = False
+        if not self.is_update_step(step):
+            return None
+        total_grown = 0
+        p = self.drop(step)
+        for li, layer in enumerate(self.layers):
+            total_grown += self._update_layer(li, layer, step)
+        self.update_count += 1
+        return {
+            "sparsity/update": float(self.update_count),
+            "sparsity/regrown": float(total_grown),
+            "sparsity/drop_fraction": float(p),
+            "sparsity/density": self.density(),
+        }
+
+    def _update_layer(self, li: int, layer: SparseLinear, step: int) -> int:
+        n_prune, n_grow, k_new = self._counts(layer, step)
+        k_old, b = layer.n_live, layer.block_size
+        if n_prune == 0 and n_grow == 0:
+            return 0
+        vals = layer.values.detach().view(layer.capacity, b)
+        live_idx = layer.idx[:k_old].long()
+        score = vals[:k_old].float().abs().sum(1)
+        pruned = torch.topk(score, n_prune, largest=False, sorted=False).indices if n_prune else score.new_empty(0, dtype=torch.long)
+        # growth: positions inactive before this update (live set includes the pruned blocks)
+        if n_grow:
+            cand = layer.growth_candidates if self.cfg.growth == "gradient" else None
+            if cand is None or cand.numel() != n_grow:
+                gen = _generator(layer.idx.device, _seed_for(self.seed, "grow", self.update_count, li))
+                r = torch.rand(layer.n_blocks_total, generator=gen, device=layer.idx.device)
+                r[live_idx] = -1.0
+                cand = torch.topk(r, n_grow, sorted=False).indices
+            new_pos = cand.to(layer.idx.device)
+        else:
+            new_pos = live_idx.new_empty(0)
+        layer.growth_candidates = None
+        old_elems = element_index(live_idx[pruned], b) if n_prune else None
+        opt = self.optimizer
+        if k_new == k_old:  # constant count: regrown blocks take over the pruned slots in place
+            slots = pruned
+            layer.idx[slots] = new_pos.to(layer.idx.dtype)
+            vals[slots] = 0
+            if opt is not None:
+                opt.reset_slots(layer.values, slots)
+        else:  # density changes: keep survivors first, regrown next, free slots zeroed at the tail
+            keep = torch.ones(k_old, dtype=torch.bool, device=live_idx.device)
+            keep[pruned] = False
+            keep_slots = keep.nonzero().squeeze(1)
+            n_keep = keep_slots.numel()
+            new_idx = torch.cat([layer.idx[keep_slots], new_pos.to(layer.idx.dtype)])
+            layer.idx.zero_()
+            layer.idx[:k_new] = new_idx
+            new_vals = vals[keep_slots].clone()
+            vals.zero_()
+            vals[:n_keep] = new_vals
+            layer.n_live = k_new
+            if opt is not None:
+                opt.compact_slots(layer.values, keep_slots, k_new)
+            slots = torch.arange(n_keep, k_new, device=live_idx.device)
+        if layer.dense is not None and old_elems is not None:
+            layer.dense.view(-1)[old_elems] = 0
+        self.last_regrown[li] = slots
+        if opt is not None and n_grow:
+            opt.measure_next_step(layer.values, slots)
+        return int(n_grow)
+
+    # ----------------------------------------------------------- persistence
+    def state_dict(self) -> dict:
+        return {"update_count": self.update_count, "n_live": [layer.n_live for layer in self.layers]}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.update_count = int(state["update_count"])
+        for layer, n in zip(self.layers, state["n_live"]):
+            layer.n_live = int(n)
+            layer.refresh_dense()
+
+    def set_dense_dtype(self, dtype: torch.dtype) -> None:
+        for layer in self.layers:
+            layer._dense_dtype = dtype
+            layer.refresh_dense()
+
+
+def sparsify_model(model: nn.Module, cfg: SparsityConfig, total_steps: int, seed: int = 0,
+                   init_std: float = 0.02) -> SparseController:
+    """Replace the target ``nn.Linear`` modules of ``model`` by compact ``SparseLinear`` layers.
+
+    Initialisation: each layer keeps ``round(d_l * blocks)`` blocks chosen uniformly at random
+    (exact count, not Bernoulli) with values drawn N(0, init_std) - the same distribution as the
+    reference's dense init followed by a random mask, without ever allocating the dense weight.
+    """
+    targets = set(cfg.targets)
+    found: list[tuple[str, nn.Linear]] = [
+        (name, m) for name, m in model.named_modules()
+        if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in targets
+    ]
+    if not found:
+        raise ValueError(f"no nn.Linear module matches sparsity.targets={sorted(targets)}")
+    shapes = [(m.out_features, m.in_features) for _, m in found]
+    if cfg.allocation == "uniform":
+        dens = [float(cfg.density)] * len(found)
+    elif cfg.allocation == "erk":
+        dens = erk_densities(shapes, float(cfg.density), float(cfg.erk_power_scale))
+    else:
+        raise ValueError(f"unknown allocation {cfg.allocation!r}")
+    ds = dict(cfg.density_schedule or {"kind": "constant"})
+    d_max = float(cfg.density) if ds.get("kind", "constant") == "constant" else max(float(ds.get("initial", 1.0)), float(cfg.density))
+    layers: list[tuple[str, SparseLinear]] = []
+    for li, ((name, lin), d) in enumerate(zip(found, dens)):
+        n_blocks = lin.out_features * lin.in_features // cfg.block_size
+        final = active_blocks(n_blocks, d)
+        cap = active_blocks(n_blocks, min(1.0, d * d_max / float(cfg.density))) if d_max > cfg.density else final
+        device = lin.weight.device if not lin.weight.is_meta else torch.device("cpu")
+        sl = SparseLinear(lin.in_features, lin.out_features, n_active_blocks=cap, block_size=cfg.block_size,
+                          materialize=cfg.materialize, capacity=cap, device=device, dtype=lin.weight.dtype)
+        sl.final_count = final
+        sl.final_density = final / n_blocks
+        sl.name = name
+        gen = _generator(torch.device("cpu"), _seed_for(seed, "init", li))
+        sl.init_random(init_std, gen)
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, attr, sl)
+        layers.append((name, sl))
+    ctrl = SparseController(layers, cfg, total_steps=total_steps, seed=seed)
+    sparse_ids = {id(layer.values) for _, layer in layers}
+    emb = [m.weight for m in model.modules() if isinstance(m, nn.Embedding)]
+    emb_ids = {id(w) for w in emb}
+    ctrl._non_sparse_params = sum(p.numel() for p in model.parameters() if id(p) not in sparse_ids and id(p) not in emb_ids)
+    return ctrl

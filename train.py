@@ -1,0 +1,27 @@
+#!/usr/bin/env python
+"""Train a (sparse) LLaMA-style LM. Hydra entry point; see README.md and `python train.py --help`.
+
+    python train.py                                   # tiny model, embedded corpus, CPU
+    python train.py model=60m trainer=gpu             # any group/key override
+    python train.py +experiment=ablation_warmup       # an experiment preset
+    python train.py -m +experiment=ablation_warmup    # its sweep (Hydra multirun)
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))  # run from a checkout without installing
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+
+@hydra.main(version_base=None, config_path="conf", config_name="train")
+def main(cfg: DictConfig):
+    from smet.cli.train import main_with_errors
+
+    summary = main_with_errors(cfg)
+    return None if summary is None else summary.get("val_loss")  # the value Hydra sweepers optimise
+
+
+if __name__ == "__main__":
+    main()
