@@ -93,9 +93,9 @@ def build_loggers(cfg: DictConfig, resolved: dict, run_dir: Path) -> list:
 def build_trainer(cfg: DictConfig, run_dir: Path, tokens_per_step: int, flops_per_token: float,
                   active_flops_per_token: float | None, loggers: list, sparse: bool = False):
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
-    from smet.lightning.callbacks import SparsityCallback, ThroughputMonitor
+    from smet.lightning.callbacks import SparsityCallback, StepProgressBar, ThroughputMonitor
 
     t = cfg.trainer
     accum = int(t.accumulate_grad_batches)
@@ -110,7 +110,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, tokens_per_step: int, flops_pe
         callbacks.append(SparsityCallback(spike_window=int(get(cfg, "sparsity.spike_window", 10))))
     bar = t.get("progress_bar", "rich")
     if bar == "rich":
-        callbacks.append(RichProgressBar(leave=True))
+        callbacks.append(StepProgressBar(leave=True))
     elif bar == "tqdm":
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, int(t.log_every_n_steps))))
     accelerator = "gpu" if t.accelerator == "cuda" else t.accelerator

@@ -6,6 +6,7 @@ import time
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import RichProgressBar
 
 # Dense bf16 tensor-core peak (FLOP/s) by device-name substring, vendor datasheets (no sparsity).
 PEAK_BF16_FLOPS = {
@@ -162,4 +163,14 @@ class SparsityCallback(L.Callback):
         for s in [s for s in self._losses if s < step - 3 * self.k]:
             del self._losses[s]
         if metrics:
-            pl_module.log_dict(metrics, on_step=True, on_epoch=False)
+            # event metrics go straight to the loggers (self.log would repeat them on later steps);
+            # step = step - 1 matches Lightning's row for the batch that made optimizer step `step`
+            for lg in trainer.loggers:
+                lg.log_metrics(metrics, step=step - 1)
+
+
+class StepProgressBar(RichProgressBar):
+    """Rich progress bar labelled by optimizer steps (the data stream is infinite: no epochs)."""
+
+    def _get_train_description(self, current_epoch: int) -> str:  # Lightning's hook for the label
+        return f"{'Training':{len(self.validation_description)}}"

@@ -1,0 +1,105 @@
+"""Every config composes and validates; bad values fail early with the offending key named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from smet.config import validate
+from smet.errors import SmetConfigError
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def compose_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def test_defaults_compose_to_the_cpu_quick_start():
+    cfg = compose_cfg()
+    assert cfg.model.name == "tiny" and cfg.data.source == "embedded" and cfg.sparsity.method == "dense"
+    assert cfg.trainer.accelerator == "cpu" and cfg.logger.wandb is None
+    validate(cfg)
+    # public config contract (DEVELOPERS.md)
+    for key in ("sparsity.density", "optimizer.lr", "optimizer.regrowth_warmup_steps", "optimizer.lr_scaling",
+                "trainer.max_steps", "trainer.devices", "ckpt_path", "seed"):
+        OmegaConf.select(cfg, key, throw_on_missing=True)
+
+
+@pytest.mark.parametrize("model", options("model"))
+def test_every_model_preset(model):
+    validate(compose_cfg(f"model={model}"))
+
+
+@pytest.mark.parametrize("sparsity", [s for s in options("sparsity") if s != "base"])
+def test_every_sparsity_preset(sparsity):
+    cfg = compose_cfg(f"sparsity={sparsity}")
+    validate(cfg)
+    for key in ("sparsity.block_size", "sparsity.materialize", "sparsity.update_interval"):
+        if sparsity != "dense":
+            OmegaConf.select(cfg, key, throw_on_missing=True)
+
+
+def test_sparsity_presets_set_their_optimizer_semantics():
+    smet = compose_cfg("sparsity=smet").optimizer
+    assert smet.reset_local_step and smet.regrowth_warmup_steps == 100 and smet.lr_scaling == "inverse"
+    for naive in ("set", "rigl"):
+        o = compose_cfg(f"sparsity={naive}").optimizer
+        assert not o.reset_local_step and o.regrowth_warmup_steps == 0 and o.lr_scaling == "none"
+    assert compose_cfg("sparsity=rigl").sparsity.growth == "gradient"
+    assert compose_cfg("sparsity=static").sparsity.growth == "none"
+    assert compose_cfg("sparsity=smet_no_reset").optimizer.reset_local_step is False
+    assert compose_cfg("sparsity=smet_momentum_warmup").optimizer.warmup_shape == "momentum"
+    # the command line wins over the preset
+    assert compose_cfg("sparsity=smet", "optimizer.regrowth_warmup_steps=10").optimizer.regrowth_warmup_steps == 10
+
+
+@pytest.mark.parametrize("data", options("data"))
+def test_every_data_preset(data, tmp_path):
+    extra = [f"data.path={tmp_path}"] if data == "local_files" else []
+    validate(compose_cfg(f"data={data}", *extra))
+
+
+@pytest.mark.parametrize("combo", [("trainer=gpu",), ("logger=wandb",), ("sparsity/density_schedule=gradual",
+                                   "sparsity=smet")])
+def test_other_groups(combo):
+    validate(compose_cfg(*combo))
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_composes(experiment):
+    validate(compose_cfg(f"+experiment={experiment}"))
+
+
+@pytest.mark.parametrize("override,key", [
+    ("sparsity.density=1.5", "sparsity.density"),
+    ("sparsity.density=0", "sparsity.density"),
+    ("sparsity.block_size=5", "sparsity.block_size"),
+    ("sparsity.update_interval=0", "sparsity.update_interval"),
+    ("sparsity.drop_fraction=1.0", "sparsity.drop_fraction"),
+    ("sparsity.growth=magic", "sparsity.growth"),
+    ("sparsity.materialize=lazy", "sparsity.materialize"),
+    ("optimizer.regrowth_warmup_steps=-1", "optimizer.regrowth_warmup_steps"),
+    ("optimizer.lr_scaling=cube", "optimizer.lr_scaling"),
+    ("optimizer.lr=0", "optimizer.lr"),
+    ("trainer.max_steps=0", "trainer.max_steps"),
+    ("trainer.precision=fp8", "trainer.precision"),
+    ("trainer.devices=0", "trainer.devices"),
+    ("data.seq_len=0", "data.seq_len"),
+    ("model.num_heads=5", "model.num_heads"),
+    ("ckpt_path=/nonexistent/x.ckpt", "ckpt_path"),
+])
+def test_bad_values_name_their_key(override, key):
+    base = ["sparsity=smet"]
+    with pytest.raises(SmetConfigError) as err:
+        validate(compose_cfg(*base, override))
+    assert err.value.key == key
+    assert str(err.value).startswith(key)

@@ -1,0 +1,96 @@
+"""LLaMA-style decoder: shapes, causality, parameter counts, alignment warning, presets."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from smet.models.llama import LlamaConfig, LlamaForCausalLM, build_model, flops_per_token
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def small(**kw) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, max_seq_len=24)
+    cfg.update(kw)
+    return LlamaForCausalLM(LlamaConfig(**cfg))
+
+
+def test_shapes_and_loss():
+    m = small()
+    x = torch.randint(0, 97, (3, 24))
+    logits = m(x)
+    assert logits.shape == (3, 24, 97)
+    loss = m.loss(x[:, :-1], x[:, 1:])
+    assert loss.ndim == 0 and abs(float(loss) - torch.log(torch.tensor(97.0)).item()) < 0.5  # ~uniform at init
+
+
+def test_causality_future_tokens_never_affect_the_past():
+    m = small().eval()
+    x = torch.randint(0, 97, (2, 20))
+    base = m(x)
+    for t in (0, 7, 19):
+        x2 = x.clone()
+        x2[:, t] = (x2[:, t] + 1) % 97
+        out = m(x2)
+        torch.testing.assert_close(out[:, :t], base[:, :t], rtol=0, atol=1e-6)
+        assert not torch.allclose(out[:, t], base[:, t])  # the changed position itself does change
+
+
+def test_rope_makes_attention_position_dependent():
+    m = small().eval()
+    x = torch.tensor([[5, 6, 5, 6, 5, 6, 5, 6]])
+    out = m(x)
+    assert not torch.allclose(out[0, 2], out[0, 4])  # same context pattern, different positions
+
+
+def test_untied_head_and_param_count_matches_formula():
+    m = small()
+    assert m.lm_head.weight.data_ptr() != m.model.embed_tokens.weight.data_ptr()
+    assert m.num_params() == m.config.num_params()
+    assert m.num_params(include_embedding=False) == m.config.num_params(include_embedding=False)
+    assert flops_per_token(m.config) == 6 * m.config.num_params(include_embedding=False)
+
+
+def test_gradient_checkpointing_same_gradients():
+    a, b = small(), small(gradient_checkpointing=True)
+    b.load_state_dict(a.state_dict())
+    x = torch.randint(0, 97, (2, 24))
+    for m in (a, b):
+        m.loss(x[:, :-1], x[:, 1:]).backward()
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_alignment_warning_for_paper_1b_not_for_aligned():
+    for name, expect in (("1b", True), ("1b_aligned", False), ("130m", False)):
+        cfg = yaml.safe_load((REPO / "conf" / "model" / f"{name}.yaml").read_text())
+        cfg.update(vocab_size=32000, max_seq_len=256)
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            LlamaConfig.from_dict(cfg).warn_alignment()
+        hits = [r for r in rec if "multiple of 64" in str(r.message)]
+        assert bool(hits) == expect, name
+        if expect:
+            assert "5461" in str(hits[0].message)
+
+
+@pytest.mark.parametrize("name,millions", [("60m", 58.1), ("130m", 134.1), ("350m", 368.0), ("1b", 1339.1),
+                                           ("7b", 6738.4), ("13b", 13015.9)])
+def test_paper_presets_sizes(name, millions):
+    cfg = yaml.safe_load((REPO / "conf" / "model" / f"{name}.yaml").read_text())
+    cfg.update(vocab_size=32000, max_seq_len=256)
+    n = LlamaConfig.from_dict(cfg).num_params()
+    assert abs(n / 1e6 - millions) < 0.1
+
+
+def test_build_model_on_meta_device_allocates_nothing():
+    cfg = yaml.safe_load((REPO / "conf" / "model" / "13b.yaml").read_text())
+    with torch.device("meta"):
+        m = build_model(cfg, vocab_size=32000, max_seq_len=256)
+    assert all(p.is_meta for p in m.parameters())

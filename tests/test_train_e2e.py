@@ -1,0 +1,95 @@
+"""End-to-end runs of `python train.py` on the embedded corpus (CPU, small settings)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+
+import pytest
+
+from conftest import FAST
+
+pytestmark = pytest.mark.slow
+
+
+def read_metrics(run_dir) -> list[dict]:
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def column(rows, key) -> list[tuple[int, float]]:
+    return [(int(r["step"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
+
+
+def test_dense_fit_learns_and_reports(run_train):
+    res = run_train(*FAST, "trainer.max_steps=120", "trainer.val_every_n_steps=60")
+    s = json.loads((res.out_dir / "summary.json").read_text())
+    assert s["steps"] == 120
+    assert s["val_ppl"] < 0.8 * s["unigram_ppl"], s  # it learned more than token frequencies
+    losses = column(read_metrics(res.out_dir), "train/loss")
+    assert losses[-1][1] < losses[0][1] - 0.5
+    assert column(read_metrics(res.out_dir), "perf/tokens_per_s")
+    assert "final validation perplexity" in res.stdout and str(res.out_dir / "metrics.csv") in res.stdout
+    assert (res.out_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (res.out_dir / "config.yaml").is_file() and (res.out_dir / "train.log").is_file()
+
+
+def test_wandb_offline_run_has_resolved_config(run_train, tmp_path):
+    res = run_train(*FAST, "trainer.max_steps=4", "trainer.val_every_n_steps=4", "logger=wandb",
+                    "tags=[smoke]", env={"WANDB_MODE": "offline"})
+    runs = list((res.out_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, list((res.out_dir / "wandb").iterdir())
+    events = list(runs[0].glob("*.wandb"))
+    assert events, "no offline W&B event file"
+    data = events[0].read_bytes()  # the run config is recorded in the offline event log
+    assert b"regrowth_warmup_steps" in data and b"smoke" in data
+    assert b"${" not in data  # resolved: no interpolations left
+    assert (res.out_dir / "metrics.csv").is_file()  # CSV always written too
+    assert "W&B run" in res.stdout
+
+
+def test_resume_from_run_directory(run_train, tmp_path):
+    first = run_train(*FAST, "trainer.max_steps=20", "trainer.val_every_n_steps=10", out=tmp_path / "a")
+    ck = first.out_dir / "checkpoints"
+    assert (ck / "last.ckpt").is_file()
+    resumed = run_train(*FAST, "trainer.max_steps=30", "trainer.val_every_n_steps=10", f"ckpt_path={first.out_dir}",
+                        out=tmp_path / "b")
+    s = json.loads((resumed.out_dir / "summary.json").read_text())
+    assert s["steps"] == 30
+    steps = [st for st, _ in column(read_metrics(resumed.out_dir), "train/loss")]
+    assert min(steps) >= 20  # continued, not restarted
+    assert (first.out_dir / "metrics.csv").is_file()  # the earlier run's outputs are untouched
+
+
+def test_smet_fit_updates_topology_and_logs(run_train):
+    res = run_train(*FAST, "sparsity=smet", "sparsity.density=0.25", "sparsity.update_interval=5",
+                    "sparsity.spike_window=2", "optimizer.regrowth_warmup_steps=3", "trainer.max_steps=20",
+                    "trainer.val_every_n_steps=20", "trainer.log_every_n_steps=1")
+    s = json.loads((res.out_dir / "summary.json").read_text())
+    assert s["method"] == "smet" and abs(s["density"] - 0.25) < 1e-3
+    assert s["spike_mean"] is not None and s["update_ratio_regrown"] is not None
+    # W = 3: the first update of a regrown weight is lr/3 * g/(|g| + eps) -> |dw|/lr = 1/3 (a bit less
+    # where |g| is not far above eps = 1e-8)
+    assert 0.28 < s["update_ratio_regrown"] <= 1 / 3 + 1e-6
+    rows = read_metrics(res.out_dir)
+    assert [st for st, _ in column(rows, "sparsity/regrown")] == [4, 9, 14]  # steps 5, 10, 15 (0-based log)
+    assert column(rows, "density/model.layers.0.mlp.down_proj")
+    sb = s["static_bytes"]["sparse"]
+    assert sb["total"] > 0 and sb["metadata"] > 0
+
+
+@pytest.mark.parametrize("override,key", [
+    ("sparsity.density=1.5", "sparsity.density"),
+    ("data=local_files", "data.path"),
+    ("data=c4", "data.source"),
+    ("model=no_such_model", "model"),
+])
+def test_bad_input_one_clear_line_exit_nonzero(run_train, override, key):
+    t0 = time.time()
+    res = run_train(*FAST, "sparsity=smet", override, check=False)
+    assert res.returncode != 0
+    assert key in res.stderr, res.stderr[-2000:]
+    assert time.time() - t0 < 60
+    assert "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert not (res.out_dir / "metrics.csv").exists()
