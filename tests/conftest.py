@@ -43,3 +43,15 @@ def run_train(session_cache, tmp_path):
 # small-and-fast overrides for end-to-end runs on 2 CPU cores
 FAST = ("data.seq_len=64", "data.batch_size=8", "data.tokenizer.vocab_size=512", "data.max_val_sequences=16",
         "trainer.progress_bar=none", "trainer.model_summary=false", "trainer.log_every_n_steps=2")
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests need CUDA: skipped (with the reason shown) on CPU-only machines."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -46,27 +46,27 @@ class _TransientFn(torch.autograd.Function):
     """y = x @ W^T with W = scatter(values at idx) built in forward and again in backward."""
 
     @staticmethod
-    def forward(ctx, x, values, eidx, layer):
+    def forward(ctx, x, values, bidx, layer):
         shape = (layer.out_features, layer.in_features)
-        w = layer._scatter_dense(values, eidx, x.dtype)
+        w = layer._scatter_dense(values, bidx, x.dtype)
         y = F.linear(x, w.view(shape))
-        ctx.save_for_backward(x, values, eidx)
+        ctx.save_for_backward(x, values, bidx)
         ctx.layer = layer
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        x, values, eidx = ctx.saved_tensors
+        x, values, bidx = ctx.saved_tensors
         layer = ctx.layer
         shape = (layer.out_features, layer.in_features)
         gx = gvals = None
         if ctx.needs_input_grad[0]:
-            w = layer._scatter_dense(values, eidx, gy.dtype)
+            w = layer._scatter_dense(values, bidx, gy.dtype)
             gx = gy @ w.view(shape)
             del w
         if ctx.needs_input_grad[1]:
             gw = gy.reshape(-1, shape[0]).t() @ x.reshape(-1, shape[1])
-            gvals = layer._gather_grad(gw, eidx, values)
+            gvals = layer._gather_grad(gw, bidx, values)
             layer._maybe_record_growth(gw)
             del gw
         return gx, gvals, None, None
@@ -77,15 +77,15 @@ class _PersistentFn(torch.autograd.Function):
     gradient is gathered at the active slots."""
 
     @staticmethod
-    def forward(ctx, x, values, eidx, w, layer):
+    def forward(ctx, x, values, bidx, w, layer):
         y = F.linear(x, w)
-        ctx.save_for_backward(x, values, eidx, w)
+        ctx.save_for_backward(x, values, bidx, w)
         ctx.layer = layer
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        x, values, eidx, w = ctx.saved_tensors
+        x, values, bidx, w = ctx.saved_tensors
         layer = ctx.layer
         shape = (layer.out_features, layer.in_features)
         gx = gvals = None
@@ -93,7 +93,7 @@ class _PersistentFn(torch.autograd.Function):
             gx = gy @ w
         if ctx.needs_input_grad[1]:
             gw = gy.reshape(-1, shape[0]).t() @ x.reshape(-1, shape[1])
-            gvals = layer._gather_grad(gw, eidx, values)
+            gvals = layer._gather_grad(gw, bidx, values)
             layer._maybe_record_growth(gw)
             del gw
         return gx, gvals, None, None, None
@@ -146,7 +146,14 @@ class SparseLinear(nn.Module):
                 f"block={self.block_size}, active={self.n_active}, materialize={self.materialize}")
 
     def live_element_index(self) -> torch.Tensor:
+        """Flat int64 element positions of the live weights (tools and tests; not the hot path)."""
         return element_index(self.idx[: self.n_live], self.block_size)
+
+    def _live_blocks(self) -> torch.Tensor:
+        return self.idx[: self.n_live]
+
+    def _live_values(self) -> torch.Tensor:
+        return self.values[: self.n_active].view(self.n_live, self.block_size)
 
     @torch.no_grad()
     def init_random(self, std: float, generator: torch.Generator | None = None) -> None:
@@ -179,14 +186,14 @@ class SparseLinear(nn.Module):
 
     @torch.no_grad()
     def to_dense(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        w = torch.zeros(self.out_features * self.in_features, dtype=dtype or self.values.dtype, device=self.values.device)
-        w[self.live_element_index()] = self.values[: self.n_active].to(w.dtype)
+        w = torch.zeros(self.n_blocks_total, self.block_size, dtype=dtype or self.values.dtype, device=self.values.device)
+        w[self._live_blocks()] = self._live_values().to(w.dtype)
         return w.view(self.out_features, self.in_features)
 
     @torch.no_grad()
     def mask(self) -> torch.Tensor:
-        m = torch.zeros(self.out_features * self.in_features, dtype=torch.bool, device=self.idx.device)
-        m[self.live_element_index()] = True
+        m = torch.zeros(self.n_blocks_total, self.block_size, dtype=torch.bool, device=self.idx.device)
+        m[self._live_blocks()] = True
         return m.view(self.out_features, self.in_features)
 
     # ---------------------------------------------------------- persistent copy
@@ -201,15 +208,21 @@ class SparseLinear(nn.Module):
             self.dense = None
             return
         dtype = self._dense_dtype or self.values.dtype
-        w = torch.zeros(self.out_features * self.in_features, dtype=dtype, device=self.values.device)
-        w[self.live_element_index()] = self.values[: self.n_active].to(dtype)
+        w = torch.zeros(self.n_blocks_total, self.block_size, dtype=dtype, device=self.values.device)
+        w[self._live_blocks()] = self._live_values().to(dtype)
         self.dense = w.view(self.out_features, self.in_features)
 
     @torch.no_grad()
     def sync_dense_values(self) -> None:
         """Write the current active values into the persistent copy (after an optimizer step)."""
         if self.dense is not None:
-            self.dense.view(-1)[self.live_element_index()] = self.values[: self.n_active].to(self.dense.dtype)
+            self.dense.view(self.n_blocks_total, self.block_size)[self._live_blocks()] = self._live_values().to(self.dense.dtype)
+
+    @torch.no_grad()
+    def zero_dense_blocks(self, blocks: torch.Tensor) -> None:
+        """Re-zero pruned blocks of the persistent copy (topology updates only)."""
+        if self.dense is not None:
+            self.dense.view(self.n_blocks_total, self.block_size)[blocks] = 0
 
     def _apply(self, fn, recurse=True):  # keep the persistent copy on the module's device/dtype policy
         out = super()._apply(fn, recurse)
@@ -218,14 +231,16 @@ class SparseLinear(nn.Module):
         return out
 
     # -------------------------------------------------------------- autograd
-    def _scatter_dense(self, values: torch.Tensor, eidx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        w = torch.zeros(self.out_features * self.in_features, dtype=dtype, device=values.device)
-        n = eidx.numel()
-        w.index_copy_(0, eidx, values[:n].to(dtype))
+    def _scatter_dense(self, values: torch.Tensor, bidx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Dense (n_blocks, b) weight with the active blocks written in (int32 ids, no int64 copy)."""
+        b = self.block_size
+        w = torch.zeros(self.n_blocks_total, b, dtype=dtype, device=values.device)
+        n = bidx.numel()
+        w[bidx] = values[: n * b].view(n, b).to(dtype)
         return w
 
-    def _gather_grad(self, gw: torch.Tensor, eidx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        g = gw.reshape(-1).index_select(0, eidx).to(values.dtype)
+    def _gather_grad(self, gw: torch.Tensor, bidx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        g = gw.reshape(self.n_blocks_total, self.block_size).index_select(0, bidx).reshape(-1).to(values.dtype)
         if g.numel() == values.numel():
             return g
         out = torch.zeros_like(values)
@@ -246,18 +261,18 @@ class SparseLinear(nn.Module):
         self.growth_candidates = torch.topk(score, self.growth_request, sorted=False).indices
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        eidx = self.live_element_index()
+        bidx = self._live_blocks()  # a view of the int32 buffer: nothing allocated, nothing copied
         dev = x.device.type
         if torch.is_autocast_enabled(dev):
             x = x.to(torch.get_autocast_dtype(dev))
             with torch.autocast(dev, enabled=False):
-                return self._apply_fn(x, eidx)
-        return self._apply_fn(x, eidx)
+                return self._apply_fn(x, bidx)
+        return self._apply_fn(x, bidx)
 
-    def _apply_fn(self, x: torch.Tensor, eidx: torch.Tensor) -> torch.Tensor:
+    def _apply_fn(self, x: torch.Tensor, bidx: torch.Tensor) -> torch.Tensor:
         if self.materialize == "persistent":
             if self.dense is None or self.dense.device != x.device:
                 self.refresh_dense()
             w = self.dense if self.dense.dtype == x.dtype else self.dense.to(x.dtype)
-            return _PersistentFn.apply(x, self.values, eidx, w, self)
-        return _TransientFn.apply(x, self.values, eidx, self)
+            return _PersistentFn.apply(x, self.values, bidx, w, self)
+        return _TransientFn.apply(x, self.values, bidx, self)

@@ -235,15 +235,26 @@ def _model_config(model_cfg: Mapping[str, Any], vocab_size: int, seq_len: int):
     return LlamaConfig.from_dict(d)
 
 
+_META_CACHE: dict[tuple, nn.Module] = {}
+
+
 def meta_model(model_cfg: Mapping[str, Any], vocab_size: int, seq_len: int) -> nn.Module:
-    """The model on ``torch.device("meta")``: shapes only, no storage."""
+    """The model on ``torch.device("meta")``: shapes only, no storage (cached per config; treat
+    the returned module as read-only)."""
     from smet.models.llama import LlamaForCausalLM
 
     cfg = _model_config(model_cfg, vocab_size, seq_len)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with torch.device("meta"):
-            return LlamaForCausalLM(cfg)
+    key = tuple(sorted(cfg.to_dict().items()))
+    model = _META_CACHE.get(key)
+    if model is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with torch.device("meta"):
+                model = LlamaForCausalLM(cfg)
+        if len(_META_CACHE) > 16:
+            _META_CACHE.clear()
+        _META_CACHE[key] = model
+    return model
 
 
 def sparse_layer_plan(shapes: list[tuple[int, int]], sparsity_cfg: Mapping[str, Any]) -> list[dict[str, int]]:
@@ -383,14 +394,13 @@ def bytes_per_active_weight(precision: str = "32", method: str = "smet", block_s
 
 # ----------------------------------------------------------------------------- activations
 def estimate_activations(model_cfg: Mapping[str, Any], batch: int, seq_len: int, precision: str,
-                         checkpointing: bool, vocab: int, *, sparse_materialize: str | None = None,
-                         ) -> dict[str, int]:
+                         checkpointing: bool, vocab: int, *, sparse_materialize: str | None = None) -> dict[str, int]:
     """ESTIMATE (not a measurement) of the activation memory at the peak of one training step, bytes.
 
-    Per token, with ``s`` = activation bytes (2 under ``bf16-mixed`` / ``bf16-true``, else 4),
-    hidden ``h``, intermediate ``i``, heads ``a``, layers ``L``, vocabulary ``V``:
+    Per token, with ``s`` = activation bytes (2 under ``bf16-true``, 4 under ``32``), hidden
+    ``h``, intermediate ``i``, heads ``a``, layers ``L``, vocabulary ``V``:
 
-    * per decoder layer (tensors autograd saves for backward)::
+    * per decoder layer (tensors autograd saves for backward), ``32`` / ``bf16-true``::
 
           8h + 8 + s * (8h + 4i) + 4a
 
@@ -399,14 +409,25 @@ def estimate_activations(model_cfg: Mapping[str, Any], batch: int, seq_len: int,
       (3h), the attention output (h, shared with the o_proj input); ``s * 4i``: gate, up,
       silu(gate), product; ``4a``: attention log-sum-exp (fp32). Attention scores are NOT stored
       (flash / memory-efficient SDPA, also PyTorch's CPU flash kernel);
-    * with activation checkpointing: each layer keeps only its input ``s * h``, plus one layer's
-      full set while it is recomputed in backward;
-    * outside the layers: ``16 + 4h + 4 + 2sh`` (token ids and targets, the final norm);
+    * ``bf16-mixed`` / ``16-mixed`` (fp32 residual stream, 2-byte autocast activations)::
+
+          16h + 8 + 2 * (9h + 4i) + 4a
+
+      the norms keep fp32 normalised inputs (+8h), and every projection saves its own 2-byte cast
+      of its input (q, k, v and gate, up each make one: 5h) besides q / k / v / attention output
+      (4h) and the 4 MLP tensors (4i);
+    * with activation checkpointing: each layer keeps only its input (``s * h``; 4h under
+      ``*-mixed``), plus one layer's full set while it is recomputed in backward;
+    * outside the layers: ``16 + 4 + 4h + 2sh`` (token ids and targets, the final norm;
+      ``20 + 10h`` under ``*-mixed``);
     * logits: ``12 V`` - the fp32 log-softmax cross-entropy saves, plus the two fp32 gradient
       buffers alive at the start of backward (the loss is computed in fp32 whatever the precision);
-    * ``transient_workspace`` (sparse models): in transient mode the dense weight and the dense
-      weight gradient of one layer exist together inside backward (``2 x out x in x s`` of the
-      largest sparse layer); persistent mode: the dense gradient only. Dense models: 0;
+    * ``transient_workspace`` (sparse models, ``sparse_materialize`` given): one dense
+      ``out x in`` tensor of the largest sparse layer in the compute dtype - the scattered weight
+      (transient forward / backward) or the dense weight gradient that backward gathers from; the
+      layer frees one before it makes the next. Dense models: 0;
+    * sparse layers save their int32 block index for backward as a view of the layer's buffer
+      (no copy), so the index adds nothing here;
     * ``autocast_copies`` (``*-mixed`` precisions): the 2-byte casts autocast keeps of the dense
       ``nn.Linear`` weights during the step (sparse layers cast their own values, transiently).
 
@@ -417,22 +438,25 @@ def estimate_activations(model_cfg: Mapping[str, Any], batch: int, seq_len: int,
     """
     cfg = _model_config(model_cfg, vocab, seq_len)
     param_bytes(precision)
-    s = 2 if str(precision).startswith("bf16") else 4
+    mixed = str(precision).endswith("-mixed")
+    s = 2 if (mixed or str(precision).startswith("bf16")) else 4
     h, i, a, L, V = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_layers, int(vocab)
     tokens = int(batch) * int(seq_len)
-    per_layer = 8 * h + 8 + s * (8 * h + 4 * i) + 4 * a
+    if mixed:
+        per_layer = 16 * h + 8 + 2 * (9 * h + 4 * i) + 4 * a
+        layer_input, outside = 4 * h, 20 + 10 * h
+    else:
+        per_layer = 8 * h + 8 + s * (8 * h + 4 * i) + 4 * a
+        layer_input, outside = s * h, 20 + 4 * h + 2 * s * h
     if checkpointing:
-        layers = tokens * (L * s * h + per_layer)
+        layers = tokens * (L * layer_input + per_layer)
     else:
         layers = tokens * L * per_layer
-    out = {"layers": layers, "outside_layers": tokens * (16 + 4 * h + 4 + 2 * s * h), "logits": tokens * 12 * V}
-    ws = 0
-    if sparse_materialize in ("transient", "persistent"):
-        largest = max(h * h, h * i)
-        ws = largest * s * (2 if sparse_materialize == "transient" else 1)
-    out["transient_workspace"] = ws
+    out = {"layers": layers, "outside_layers": tokens * outside, "logits": tokens * 12 * V}
+    sparse = sparse_materialize in ("transient", "persistent")
+    out["transient_workspace"] = max(h * h, h * i) * s if sparse else 0
     autocast = 0
-    if str(precision).endswith("-mixed"):
+    if mixed:
         dense_linear = V * h  # lm_head
         if sparse_materialize is None:
             dense_linear += L * (4 * h * h + 3 * h * i)

@@ -70,6 +70,7 @@ class SMETOptimizer(torch.optim.Optimizer):
             self.step_cap = torch.iinfo(torch.int32).max
         self._layers: dict[torch.nn.Parameter, object] = {}  # values param -> SparseLinear
         self._measure: dict[torch.nn.Parameter, torch.Tensor] = {}
+        self._bc_tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.last_update_stats: dict[str, float] = {}
 
     # ----------------------------------------------------------------- wiring
@@ -175,6 +176,23 @@ class SMETOptimizer(torch.optim.Optimizer):
                           fused=use_fused or None, amsgrad=False, beta1=b1, beta2=b2, lr=group["lr"],
                           weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
 
+    def _bias_corrections(self, lt: torch.Tensor, b1: float, b2: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1 - b1^t, 1 - b2^t) per slot as (slots, 1) fp32, computed in float64 and rounded once.
+
+        With int16 local steps a lookup table over t = 0..cap replaces the per-step pow (same bits).
+        """
+        if lt.dtype == torch.int16:
+            key = (b1, b2, lt.device)
+            tabs = self._bc_tables.get(key)
+            if tabs is None:
+                t = torch.arange(self.step_cap + 1, dtype=torch.float64, device=lt.device)
+                tabs = ((1.0 - torch.pow(b1, t)).float(), (1.0 - torch.pow(b2, t)).float())
+                self._bc_tables[key] = tabs
+            i = lt.int()
+            return tabs[0][i].unsqueeze(1), tabs[1][i].unsqueeze(1)
+        t64 = lt.to(torch.float64).unsqueeze(1)
+        return (1.0 - torch.pow(b1, t64)).float(), (1.0 - torch.pow(b2, t64)).float()
+
     def _sparse_update(self, p: torch.nn.Parameter, group: dict, stats: dict) -> None:
         b = group["block_size"]
         b1, b2 = group["betas"]
@@ -203,9 +221,7 @@ class SMETOptimizer(torch.optim.Optimizer):
         if self.reset_local_step:
             # per-slot bias corrections, computed in float64 and rounded once to fp32 (so t = 1 gives
             # exactly fl32(1 - beta), the same factor the moment update used)
-            t64 = lt.to(torch.float64).unsqueeze(1)
-            bc1 = (1.0 - torch.pow(b1, t64)).float()
-            bc2 = (1.0 - torch.pow(b2, t64)).float()
+            bc1, bc2 = self._bias_corrections(lt, b1, b2)
             denom = (v.float() / bc2).sqrt_().add_(eps)
             upd = (m.float() / bc1).div_(denom)
         else:

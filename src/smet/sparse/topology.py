@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from smet.sparse.layer import SparseLinear, element_index
+from smet.sparse.layer import SparseLinear
 from smet.sparse.schedules import DensitySchedule, DropSchedule, active_blocks, erk_densities
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -92,7 +92,6 @@ class SparseController:
         self.density_schedule = DensitySchedule(
             kind=ds.get("kind", "constant"), final=float(cfg.density), initial=float(ds.get("initial", 1.0)),
             start=int(ds.get("start") or 0), end=int(ds.get("end") or self.stop), power=float(ds.get("power", 3.0)))
-        self.last_regrown: dict[int, torch.Tensor] = {}
         self._pending_growth = False
 
     # ----------------------------------------------------------------- queries
@@ -189,7 +188,7 @@ class SparseController:
         else:
             new_pos = live_idx.new_empty(0)
         layer.growth_candidates = None
-        old_elems = element_index(live_idx[pruned], b) if n_prune else None
+        old_blocks = live_idx[pruned] if n_prune else None
         opt = self.optimizer
         if k_new == k_old:  # constant count: regrown blocks take over the pruned slots in place
             slots = pruned
@@ -212,9 +211,8 @@ class SparseController:
             if opt is not None:
                 opt.compact_slots(layer.values, keep_slots, k_new)
             slots = torch.arange(n_keep, k_new, device=live_idx.device)
-        if layer.dense is not None and old_elems is not None:
-            layer.dense.view(-1)[old_elems] = 0
-        self.last_regrown[li] = slots
+        if old_blocks is not None:
+            layer.zero_dense_blocks(old_blocks)
         if opt is not None and n_grow:
             opt.measure_next_step(layer.values, slots)
         return int(n_grow)

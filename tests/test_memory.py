@@ -1,0 +1,220 @@
+"""Memory accounting: measured (live tensors) == predicted (configs only), the per-weight formula,
+and the ``smet-memory`` CLI (13B without allocating, one-line errors with exit code 2)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from smet.models.llama import LlamaConfig, LlamaForCausalLM
+from smet.optim import build_optimizer
+from smet.sparse import attach_sparsity, build_smet_optimizer
+from smet.sparse.memory import (CATEGORIES, active_weight_count, bytes_per_active_weight, estimate_activations,
+                                measure_static, method_configs, predict_static)
+
+MODEL = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, max_seq_len=32)
+VOCAB, SEQ = 256, 32
+
+
+def _train(method: str, precision: str, steps: int = 2, *, density: float = 0.3, update_interval: int = 1,
+           **kw):
+    """Build model + optimizer like a plain PyTorch loop, run ``steps`` steps (topology updates at
+    every step), and return (model, opt, ctrl, scfg, ocfg) right after the last optimizer.step()."""
+    torch.manual_seed(0)
+    scfg, ocfg = method_configs(method, density, update_interval=update_interval, **kw)
+    model = LlamaForCausalLM(LlamaConfig(**MODEL))
+    ctrl = attach_sparsity(model, scfg, total_steps=100, seed=0)
+    if precision == "bf16-true":
+        model.to(torch.bfloat16)
+    if ctrl is not None and precision.startswith("bf16"):
+        ctrl.set_dense_dtype(torch.bfloat16)
+    opt = build_optimizer(model, ocfg) if ctrl is None else build_smet_optimizer(model, ocfg, ctrl)
+    x = torch.randint(0, VOCAB, (2, SEQ + 1), generator=torch.Generator().manual_seed(1))
+    ac = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16-mixed" else torch.autocast("cpu", enabled=False)
+    for step in range(1, steps + 1):
+        if ctrl is not None:
+            ctrl.before_step(step)
+        with ac:
+            loss = model.loss(x[:, :-1], x[:, 1:])
+        loss.backward()
+        opt.step()
+        if step < steps:
+            opt.zero_grad(set_to_none=True)
+        if ctrl is not None:
+            ctrl.after_step(step)
+    return model, opt, ctrl, scfg, ocfg
+
+
+CASES = [("dense", "transient", 1, "uniform")] + list(
+    itertools.product(("static", "set", "rigl", "smet"), ("transient", "persistent"), (1, 4), ("uniform", "erk")))
+
+
+@pytest.mark.parametrize("precision", ["32", "bf16-true"])
+@pytest.mark.parametrize("method,materialize,block,alloc", CASES)
+def test_measured_equals_predicted(method, materialize, block, alloc, precision):
+    model, opt, ctrl, scfg, ocfg = _train(method, precision, block_size=block, materialize=materialize,
+                                          allocation=alloc)
+    assert all(p.grad is not None for p in model.parameters())  # measured with grads present
+    measured = measure_static(model, opt, ctrl)
+    predicted = predict_static(MODEL, scfg, ocfg, precision, VOCAB, SEQ)
+    assert measured == predicted
+    psize = 2 if precision == "bf16-true" else 4
+    allb = measured["all"]
+    assert allb["weights"] == sum(p.numel() for p in model.parameters()) * psize
+    assert allb["total"] == sum(allb[k] for k in CATEGORIES)
+    assert allb["buffers"] == 2 * SEQ * (MODEL["hidden_size"] // MODEL["num_heads"]) * psize  # RoPE cos + sin
+    if method == "dense":
+        assert allb["metadata"] == 0 and allb["compute_copy"] == 0
+    else:
+        assert (allb["compute_copy"] > 0) == (materialize == "persistent")
+        has_local = method == "smet"
+        slots = sum(layer.capacity for layer in ctrl.layers)
+        assert allb["metadata"] == slots * (4 + (2 if has_local else 0))
+        assert active_weight_count(MODEL, scfg, VOCAB, SEQ) == ctrl.active_weights()
+
+
+def test_measured_equals_predicted_bf16_mixed_persistent_and_gradual_capacity():
+    # bf16-mixed: fp32 params/states, bf16 compute copy (2 B per dense position)
+    model, opt, ctrl, scfg, ocfg = _train("smet", "bf16-mixed", materialize="persistent")
+    m = measure_static(model, opt, ctrl)
+    assert m == predict_static(MODEL, scfg, ocfg, "bf16-mixed", VOCAB, SEQ)
+    assert m["all"]["compute_copy"] == 2 * sum(layer.in_features * layer.out_features for layer in ctrl.layers)
+    # gradual density schedule: capacity (not the live count) sizes every compact tensor
+    sched = {"kind": "gradual", "initial": 0.8, "start": 0, "end": 4}
+    model, opt, ctrl, scfg, ocfg = _train("smet", "32", steps=3, density_schedule=sched)
+    assert any(layer.n_live < layer.capacity for layer in ctrl.layers)
+    assert measure_static(model, opt, ctrl) == predict_static(MODEL, scfg, ocfg, "32", VOCAB, SEQ)
+
+
+def test_measure_counts_each_storage_once_and_sees_missing_grads():
+    model, opt, ctrl, scfg, ocfg = _train("smet", "32", steps=1)
+    before = measure_static(model, opt, ctrl)
+    opt.zero_grad(set_to_none=True)
+    after = measure_static(model, opt, ctrl)
+    assert after["all"]["grads"] == 0 and before["all"]["grads"] == before["all"]["weights"]
+    # a shared tensor is counted once
+    lin = nn.Linear(8, 8, bias=False)
+    shared = nn.Sequential(lin, lin)
+    assert measure_static(shared, None)["all"]["weights"] == 8 * 8 * 4
+
+
+@pytest.mark.parametrize("precision,expected", [("32", 22), ("bf16-true", 14)])
+def test_bytes_per_active_weight_smet_transient_b1(precision, expected):
+    model, opt, ctrl, scfg, ocfg = _train("smet", precision, steps=1, density=0.5)
+    sp = measure_static(model, opt, ctrl)["sparse"]
+    assert sp["total"] == expected * ctrl.active_weights()
+    assert sp["buffers"] == 0
+    assert bytes_per_active_weight(precision, "smet", 1, "transient")["total"] == expected
+
+
+def test_bytes_per_active_weight_formula_table():
+    assert bytes_per_active_weight("32", "dense")["total"] == 16
+    assert bytes_per_active_weight("bf16-true", "dense")["total"] == 8
+    assert bytes_per_active_weight("32", "set")["total"] == 20  # naive DST: no local step
+    assert bytes_per_active_weight("bf16-true", "rigl")["local_step"] == 0
+    assert bytes_per_active_weight("32", "smet", 4)["total"] == 16 + 1 + 0.5
+    assert bytes_per_active_weight("32", "smet", regrowth_warmup_steps=40000)["local_step"] == 4  # int32
+    p = bytes_per_active_weight("bf16-mixed", "smet", 1, "persistent", density=0.25)
+    assert p["persistent_per_dense_position"] == 2 and p["total_with_persistent"] == 22 + 8
+    # the formula agrees with a measured b = 4 set run (uniform: capacity * 4 == active weights)
+    model, opt, ctrl, *_ = _train("set", "32", steps=1, block_size=4, density=0.5)
+    assert measure_static(model, opt, ctrl)["sparse"]["total"] == 17 * ctrl.active_weights()  # 16 + 4/4
+
+
+def test_activation_estimate_matches_saved_tensors():
+    """The per-layer and outside-layer terms equal what autograd saves (CPU, fp32 and bf16)."""
+    for dtype, prec in ((torch.float32, "32"), (torch.bfloat16, "bf16-true"), (torch.float32, "bf16-mixed")):
+        model = LlamaForCausalLM(LlamaConfig(**MODEL)).to(dtype)
+        mixed = prec == "bf16-mixed"
+        fixed = {t.untyped_storage().data_ptr() for t in itertools.chain(model.parameters(), model.buffers())}
+        seen: dict[int, int] = {}
+
+        def pack(t):
+            st = t.untyped_storage()
+            if st.data_ptr() not in fixed:
+                seen[st.data_ptr()] = st.nbytes()
+            return t
+
+        x = torch.randint(0, VOCAB, (2, SEQ + 1))
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed):
+            model.loss(x[:, :-1], x[:, 1:])
+        est = estimate_activations(MODEL, 2, SEQ, prec, False, VOCAB)
+        saved_logits = 2 * SEQ * 4 * VOCAB  # the log-softmax; est["logits"] adds 2 backward buffers
+        expected = est["layers"] + est["outside_layers"] + saved_logits + est["autocast_copies"]
+        assert abs(sum(seen.values()) - expected) <= 64, (prec, sum(seen.values()), expected)
+        assert est["logits"] == 3 * saved_logits
+    # sparse layers additionally save an int64 element index (8 B per active weight) for backward
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**MODEL))
+    ctrl = attach_sparsity(model, {"method": "smet", "density": 0.5})
+    seen_i64: dict[int, int] = {}
+
+    def pack_i64(t):
+        if t.dtype == torch.int64 and t.numel() > 2 * (SEQ + 1):
+            seen_i64[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack_i64, lambda t: t):
+        model.loss(x[:, :-1], x[:, 1:])
+    est = estimate_activations(MODEL, 2, SEQ, "32", False, VOCAB, sparse_materialize="transient")
+    assert sum(seen_i64.values()) == 0  # no int64 index copy is kept from forward to backward
+    assert est["transient_workspace"] == MODEL["hidden_size"] * MODEL["intermediate_size"] * 4
+
+
+# ----------------------------------------------------------------------------- CLI
+def _cli(name: str) -> list[str]:
+    exe = shutil.which(name, path=os.path.dirname(sys.executable))
+    return [exe] if exe else [sys.executable, "-m", f"smet.cli.{name.split('-', 1)[1]}"]
+
+
+def test_smet_memory_13b_without_allocating():
+    t0 = time.perf_counter()
+    r = subprocess.run(_cli("smet-memory") + ["--model", "13b", "--density", "0.5", "0.25", "--precision",
+                                              "bf16-true", "--batch", "1", "--seq-len", "256"],
+                       capture_output=True, text=True, timeout=120)
+    elapsed = time.perf_counter() - t0
+    assert r.returncode == 0, r.stderr
+    assert "GiB" in r.stdout and "dense AdamW" in r.stdout and "smet d=0.25" in r.stdout
+    assert elapsed < 30
+    # same entry point in a child that reports its own peak RSS: nothing of the model is allocated
+    probe = ("import resource, sys; from smet.cli.memory import main; "
+             "rc = main(['--model', '13b', '--density', '0.5', '--json']); "
+             "print('MAXRSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rss_kib = int(r.stderr.split("MAXRSS_KIB")[1].split()[0])
+    assert rss_kib < 2 * 1024 * 1024  # a 13B model would need > 24 GiB for its bf16 weights alone
+    r = subprocess.run(_cli("smet-memory") + ["--model", "13b", "--density", "0.25", "--json"],
+                       capture_output=True, text=True, timeout=120)
+    rows = json.loads(r.stdout)
+    n13 = LlamaConfig(vocab_size=32000, hidden_size=5120, intermediate_size=13824, num_layers=40,
+                      num_heads=40).num_params()
+    assert rows[0]["method"] == "dense" and rows[0]["static_bytes"]["weights"] == 2 * n13
+    assert rows[1]["bytes_per_active_weight"] == 14.0
+    assert rows[1]["ratio_vs_dense"] < 0.5
+
+
+@pytest.mark.parametrize("args,option", [
+    (["--model", "350m", "--density", "1.5"], "--density"),
+    (["--model", "350m", "--density", "0"], "--density"),
+    (["--model", "350m", "--density", "0.5", "--precision", "fp8"], "--precision"),
+    (["--model", "1b", "--density", "0.5", "--block-size", "4"], "--block-size"),
+    (["--model", "nope", "--density", "0.5"], "--model"),
+])
+def test_smet_memory_bad_values_exit_2(args, option):
+    r = subprocess.run(_cli("smet-memory") + args, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and option in lines[0], r.stderr
+    if option == "--model":
+        assert "13b" in lines[0] and "tiny" in lines[0]  # lists the available presets
