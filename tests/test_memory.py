@@ -193,7 +193,7 @@ def test_smet_memory_13b_without_allocating():
     r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     rss_kib = int(r.stderr.split("MAXRSS_KIB")[1].split()[0])
-    assert rss_kib < 2 * 1024 * 1024  # a 13B model would need > 24 GiB for its bf16 weights alone
+    assert rss_kib < 6 * 1024 * 1024  # a 13B model would need > 24 GiB for its bf16 weights alone (CUDA torch alone ~2 GiB RSS)
     r = subprocess.run(_cli("smet-memory") + ["--model", "13b", "--density", "0.25", "--json"],
                        capture_output=True, text=True, timeout=120)
     rows = json.loads(r.stdout)

@@ -79,6 +79,40 @@ def test_smet_fit_updates_topology_and_logs(run_train):
     assert sb["total"] > 0 and sb["metadata"] > 0
 
 
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
+def test_smet_bf16_precisions_on_cpu(run_train, precision):
+    res = run_train(*FAST, "sparsity=smet", "sparsity.density=0.5", "sparsity.update_interval=3",
+                    f"trainer.precision={precision}", "trainer.max_steps=6", "trainer.val_every_n_steps=6")
+    s = json.loads((res.out_dir / "summary.json").read_text())
+    assert s["steps"] == 6 and s["val_loss"] == s["val_loss"] and s["val_loss"] < 10  # finite
+    # pure bf16 keeps weights, grads and states in 2 B (14 B per active weight); bf16-mixed in 4 B (22 B)
+    width = 2 if precision == "bf16-true" else 4
+    sb = s["static_bytes"]["sparse"]
+    active = sb["weights"] // width
+    assert sb["optimizer"] == 2 * width * active
+    assert (sb["weights"] + sb["optimizer"] + sb["metadata"]) / active == (2 if width == 2 else 4) * 3 + 6
+
+
+def test_gradient_accumulation_updates_once_per_optimizer_step(run_train):
+    res = run_train(*FAST, "sparsity=set", "sparsity.update_interval=3", "trainer.accumulate_grad_batches=2",
+                    "trainer.max_steps=8", "trainer.val_every_n_steps=8", "trainer.log_every_n_steps=1")
+    rows = read_metrics(res.out_dir)
+    assert [st for st, _ in column(rows, "sparsity/regrown")] == [2, 5]  # optimizer steps 3 and 6
+    assert json.loads((res.out_dir / "summary.json").read_text())["steps"] == 8
+
+
+def test_sparse_resume_continues_topology(run_train, tmp_path):
+    common = (*FAST, "sparsity=smet", "sparsity.density=0.25", "sparsity.update_interval=4",
+              "trainer.val_every_n_steps=8", "trainer.log_every_n_steps=1")
+    first = run_train(*common, "trainer.max_steps=8", out=tmp_path / "a")
+    second = run_train(*common, "trainer.max_steps=16", f"ckpt_path={first.out_dir}", out=tmp_path / "b")
+    rows = read_metrics(second.out_dir)
+    # the first run (8 steps) updated at step 4 only (update_stop = its max_steps); the resumed run
+    # counts on from the checkpoint: its update at step 12 is the second
+    assert column(rows, "sparsity/update") == [(11, 2.0)]
+    assert json.loads((second.out_dir / "summary.json").read_text())["steps"] == 16
+
+
 @pytest.mark.parametrize("override,key", [
     ("sparsity.density=1.5", "sparsity.density"),
     ("data=local_files", "data.path"),

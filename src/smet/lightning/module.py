@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from smet.models.llama import build_model
 from smet.optim import build_optimizer, lr_lambda
+from smet.sparse import attach_sparsity
 
 
 def _plain(cfg: Any) -> dict:
@@ -31,8 +32,6 @@ class LMModule(L.LightningModule):
         self.save_hyperparameters({"cfg": cfg, "vocab_size": vocab_size})
         self.cfg = cfg
         self.model = build_model(cfg["model"], vocab_size=vocab_size, max_seq_len=cfg["data"]["seq_len"])
-        from smet.sparse import attach_sparsity
-
         # None for the dense baseline; else the controller of the compact sparse layers
         self.sparse = attach_sparsity(self.model, cfg.get("sparsity") or {"method": "dense"},
                                       total_steps=int(cfg["trainer"]["max_steps"]), seed=int(cfg.get("seed", 0)))
