@@ -66,6 +66,14 @@ class CorpusSplit:
     val_keys: list[str]
     info: dict[str, Any] = field(default_factory=dict)
 
+    def add(self, key: str, text: str, is_val: bool) -> None:
+        if is_val:
+            self.val_texts.append(text)
+            self.val_keys.append(key)
+        else:
+            self.train_texts.append(text)
+            self.train_keys.append(key)
+
     @property
     def n_train_docs(self) -> int:
         return len(self.train_texts)
@@ -159,12 +167,7 @@ class EmbeddedCorpus:
             "val_chars": sum(book_chars[b] for b in val_books),
         })
         for book, key, text in docs:
-            if book in val_set:
-                split.val_texts.append(text)
-                split.val_keys.append(key)
-            else:
-                split.train_texts.append(text)
-                split.train_keys.append(key)
+            split.add(key, text, book in val_set)
         self._split = split
         return split
 
@@ -385,12 +388,7 @@ class LocalFilesCorpus:
             is_val[max(range(len(u)), key=u.__getitem__)] = False
         split = CorpusSplit([], [], [], [], info={"n_files": len(self.files), "root": str(self.root)})
         for key, text, v in zip(keys, texts, is_val):
-            if v:
-                split.val_texts.append(text)
-                split.val_keys.append(key)
-            else:
-                split.train_texts.append(text)
-                split.train_keys.append(key)
+            split.add(key, text, v)
         self._split = split
         return split
 

@@ -259,31 +259,10 @@ def meta_model(model_cfg: Mapping[str, Any], vocab_size: int, seq_len: int) -> n
 
 def sparse_layer_plan(shapes: list[tuple[int, int]], sparsity_cfg: Mapping[str, Any]) -> list[dict[str, int]]:
     """Per target layer (out, in): block size, blocks, capacity and final active blocks, computed
-    exactly as ``sparsify_model`` does (same allocation and rounding)."""
-    from smet.sparse.schedules import active_blocks, erk_densities
-    from smet.sparse.topology import SparsityConfig
+    by the very function ``sparsify_model`` uses."""
+    from smet.sparse.topology import SparsityConfig, layer_plan
 
-    cfg = SparsityConfig.from_mapping(sparsity_cfg)
-    b = int(cfg.block_size)
-    for o, i in shapes:
-        if b < 1 or i % b:
-            raise ValueError(f"block_size {b} does not divide the row length {i}")
-    if cfg.allocation == "uniform":
-        dens = [float(cfg.density)] * len(shapes)
-    elif cfg.allocation == "erk":
-        dens = erk_densities(shapes, float(cfg.density), float(cfg.erk_power_scale))
-    else:
-        raise ValueError(f"unknown allocation {cfg.allocation!r}")
-    ds = dict(cfg.density_schedule or {"kind": "constant"})
-    d_max = (float(cfg.density) if ds.get("kind", "constant") == "constant"
-             else max(float(ds.get("initial", 1.0)), float(cfg.density)))
-    plan = []
-    for (o, i), d in zip(shapes, dens):
-        n_blocks = o * i // b
-        final = active_blocks(n_blocks, d)
-        cap = active_blocks(n_blocks, min(1.0, d * d_max / float(cfg.density))) if d_max > cfg.density else final
-        plan.append({"out": o, "in": i, "block_size": b, "blocks": n_blocks, "capacity": cap, "final": final})
-    return plan
+    return layer_plan(shapes, SparsityConfig.from_mapping(sparsity_cfg))
 
 
 def predict_static(model_cfg: Mapping[str, Any], sparsity_cfg: Mapping[str, Any] | None,

@@ -233,6 +233,32 @@ class SparseController:
             layer.refresh_dense()
 
 
+def layer_plan(shapes: list[tuple[int, int]], cfg: SparsityConfig) -> list[dict[str, int]]:
+    """Per target layer (out, in): block size, blocks, capacity (largest count of the density
+    schedule: the slot count) and final active blocks. ``sparsify_model`` and the memory model
+    both use this, so predictions match the built layers exactly."""
+    b = int(cfg.block_size)
+    for _, i in shapes:
+        if b < 1 or i % b:
+            raise ValueError(f"block_size {b} does not divide the row length {i}")
+    if cfg.allocation == "uniform":
+        dens = [float(cfg.density)] * len(shapes)
+    elif cfg.allocation == "erk":
+        dens = erk_densities(shapes, float(cfg.density), float(cfg.erk_power_scale))
+    else:
+        raise ValueError(f"unknown allocation {cfg.allocation!r}")
+    ds = dict(cfg.density_schedule or {"kind": "constant"})
+    d_max = (float(cfg.density) if ds.get("kind", "constant") == "constant"
+             else max(float(ds.get("initial", 1.0)), float(cfg.density)))
+    plan = []
+    for (o, i), d in zip(shapes, dens):
+        n_blocks = o * i // b
+        final = active_blocks(n_blocks, d)
+        cap = active_blocks(n_blocks, min(1.0, d * d_max / float(cfg.density))) if d_max > cfg.density else final
+        plan.append({"out": o, "in": i, "block_size": b, "blocks": n_blocks, "capacity": cap, "final": final})
+    return plan
+
+
 def sparsify_model(model: nn.Module, cfg: SparsityConfig, total_steps: int, seed: int = 0,
                    init_std: float = 0.02) -> SparseController:
     """Replace the target ``nn.Linear`` modules of ``model`` by compact ``SparseLinear`` layers.
@@ -248,20 +274,10 @@ def sparsify_model(model: nn.Module, cfg: SparsityConfig, total_steps: int, seed
     ]
     if not found:
         raise ValueError(f"no nn.Linear module matches sparsity.targets={sorted(targets)}")
-    shapes = [(m.out_features, m.in_features) for _, m in found]
-    if cfg.allocation == "uniform":
-        dens = [float(cfg.density)] * len(found)
-    elif cfg.allocation == "erk":
-        dens = erk_densities(shapes, float(cfg.density), float(cfg.erk_power_scale))
-    else:
-        raise ValueError(f"unknown allocation {cfg.allocation!r}")
-    ds = dict(cfg.density_schedule or {"kind": "constant"})
-    d_max = float(cfg.density) if ds.get("kind", "constant") == "constant" else max(float(ds.get("initial", 1.0)), float(cfg.density))
+    plan = layer_plan([(m.out_features, m.in_features) for _, m in found], cfg)
     layers: list[tuple[str, SparseLinear]] = []
-    for li, ((name, lin), d) in enumerate(zip(found, dens)):
-        n_blocks = lin.out_features * lin.in_features // cfg.block_size
-        final = active_blocks(n_blocks, d)
-        cap = active_blocks(n_blocks, min(1.0, d * d_max / float(cfg.density))) if d_max > cfg.density else final
+    for li, ((name, lin), lp) in enumerate(zip(found, plan)):
+        cap, final, n_blocks = lp["capacity"], lp["final"], lp["blocks"]
         device = lin.weight.device if not lin.weight.is_meta else torch.device("cpu")
         sl = SparseLinear(lin.in_features, lin.out_features, n_active_blocks=cap, block_size=cfg.block_size,
                           materialize=cfg.materialize, capacity=cap, device=device, dtype=lin.weight.dtype)
