@@ -113,11 +113,26 @@ def test_sparse_resume_continues_topology(run_train, tmp_path):
     assert json.loads((second.out_dir / "summary.json").read_text())["steps"] == 16
 
 
+def test_ckpt_path_auto_resumes_its_own_run_dir(run_train, tmp_path):
+    """What a SLURM requeue does: the same command into the same directory picks up its checkpoint."""
+    out = tmp_path / "job"
+    first = run_train(*FAST, "trainer.max_steps=10", "trainer.val_every_n_steps=5", "ckpt_path=auto", out=out)
+    assert "resuming from" not in first.stdout + first.stderr  # nothing to resume yet: fresh start
+    again = run_train(*FAST, "trainer.max_steps=20", "trainer.val_every_n_steps=5", "ckpt_path=auto", out=out)
+    assert "resuming from" in again.stdout + again.stderr
+    rows = read_metrics(out)
+    steps = [st for st, _ in column(rows, "train/loss")]
+    assert min(steps) < 10 and max(steps) >= 18  # one metrics.csv, first attempt's rows kept, appended
+    assert json.loads((out / "summary.json").read_text())["steps"] == 20
+
+
 @pytest.mark.parametrize("override,key", [
     ("sparsity.density=1.5", "sparsity.density"),
     ("data=local_files", "data.path"),
     ("data=c4", "data.source"),
     ("model=no_such_model", "model"),
+    ("+experiment=paper_llama130m", "network"),
+    ("+experiment=paper_llama240m_fig1", "network"),
 ])
 def test_bad_input_one_clear_line_exit_nonzero(run_train, override, key):
     t0 = time.time()

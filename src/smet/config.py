@@ -113,7 +113,7 @@ def check_data(cfg: Mapping) -> None:
 def check_run(cfg: Mapping) -> None:
     _int(cfg, "seed", lo=0)
     ckpt = get(cfg, "ckpt_path")
-    if ckpt is not None:
+    if ckpt is not None and str(ckpt) != "auto":
         resolve_ckpt_path(str(ckpt))
 
 
@@ -133,8 +133,19 @@ def validate(cfg: Mapping) -> None:
         check(cfg)
 
 
-def resolve_ckpt_path(ckpt: str) -> str:
-    """``ckpt_path`` may name a .ckpt file or a run directory (then its checkpoints/last.ckpt)."""
+def resolve_ckpt_path(ckpt: str, run_dir: str | os.PathLike | None = None) -> str | None:
+    """``ckpt_path`` may name a .ckpt file or a run directory (then its checkpoints/last.ckpt).
+
+    ``auto`` resumes this run's own directory when it holds a checkpoint (a SLURM requeue re-runs
+    the same command into the same directory): the newest of ``checkpoints/last.ckpt`` and
+    Lightning's pre-emption checkpoints ``hpc_ckpt_*.ckpt``; ``None`` (a fresh start) when none.
+    """
+    if ckpt == "auto":
+        if run_dir is None:
+            return None
+        root = Path(run_dir)
+        cands = [p for p in [root / "checkpoints" / "last.ckpt", *root.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
+        return str(max(cands, key=lambda p: p.stat().st_mtime)) if cands else None
     p = Path(os.path.expanduser(ckpt))
     if p.is_dir():
         cand = p / "checkpoints" / "last.ckpt"

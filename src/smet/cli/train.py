@@ -62,9 +62,9 @@ def auto_tags(resolved: dict) -> list[str]:
 
 
 def build_loggers(cfg: DictConfig, resolved: dict, run_dir: Path) -> list:
-    from lightning.pytorch.loggers import CSVLogger
+    from smet.lightning.loggers import AppendingCSVLogger
 
-    loggers: list = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    loggers: list = [AppendingCSVLogger(save_dir=str(run_dir), name="", version="")]
     wcfg = (resolved.get("logger") or {}).get("wandb")
     if wcfg:
         from lightning.pytorch.loggers import WandbLogger
@@ -142,7 +142,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Validate, build data/model/trainer, fit, print and return the summary."""
     validate(cfg)  # cheap checks first: bad input fails here, before any compute
     run_dir = check_output_dir(_output_dir(cfg))
-    ckpt_path = resolve_ckpt_path(str(cfg.ckpt_path)) if cfg.get("ckpt_path") else None
+    ckpt_path = resolve_ckpt_path(str(cfg.ckpt_path), run_dir) if cfg.get("ckpt_path") else None
+    if ckpt_path:
+        log.info("resuming from %s", ckpt_path)
 
     _quiet_third_party()
     import lightning as L
