@@ -1,0 +1,142 @@
+"""``report.md`` (links the PNGs) and ``report.html`` (self-contained: PNGs as base64)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from datetime import datetime
+from pathlib import Path
+from typing import Sequence
+
+from smet.report.table import Group, html_table, markdown_table
+
+LEGEND = (
+    "Columns: one row per group of runs with the same config except the seed. *final val ppl*: "
+    "the validation perplexity at the end of training (summary.json; the last logged `val/ppl` for "
+    "incomplete runs), mean ± sample std over seeds; *best val ppl*: the lowest `val/ppl` each run "
+    "logged, mean over seeds; *tokens/s*: mean training throughput; *static MiB*: measured static "
+    "memory (weights + grads + optimizer state + sparsity metadata + buffers) of the whole model / of "
+    "the sparse layers only; *spike mean*: mean over all updates and seeds of `sparsity/spike` (mean "
+    "train loss of the k steps after a topology update minus the k steps up to it; > 0 = the update "
+    "hurt); *regrown / mature |Δθ|/lr*: mean update size, in units of the learning rate, of freshly "
+    "regrown vs mature weights on the first optimizer step after each update; *steps*: optimizer steps "
+    "done. Dense runs have no sparse-only settings (shown as -).")
+
+
+def _runs_rows(groups: Sequence[Group]) -> list[dict]:
+    rows = []
+    for g in groups:
+        for r in g.runs:
+            ppl = r.final_val_ppl
+            rows.append({
+                "group": g.label, "name": r.name, "seed": "-" if r.seed is None else str(r.seed),
+                "status": "complete" if r.complete else "incomplete",
+                "steps": "-" if r.steps is None else str(r.steps),
+                "ppl": "-" if ppl is None else (f"{ppl:.2f}" if math.isfinite(ppl) else str(ppl)),
+                "source": r.source, "command": r.command(),
+                "note": (f"{r.duplicates_dropped} repeated (step, metric) cells dropped (resumed run)"
+                         if r.duplicates_dropped else ""),
+                "mixed": g.mixed,
+            })
+    return rows
+
+
+def _notes(groups: Sequence[Group], skipped: dict[str, str], warnings: Sequence[str]) -> list[str]:
+    notes = [f"`{name}` not drawn: {why}." for name, why in skipped.items()]
+    for g in groups:
+        if g.mixed:
+            notes.append(f"group **{g.label}** mixes runs whose configs differ in: {', '.join(g.mixed)} "
+                         "(add them to --group-by to split it).")
+        if g.n_incomplete:
+            notes.append(f"group **{g.label}**: {g.n_incomplete} of {len(g.runs)} run(s) incomplete (no summary.json): "
+                         "figures computed from metrics.csv up to the last logged step.")
+    notes += list(warnings)
+    return notes
+
+
+def write_markdown(path: Path, *, title: str, groups: Sequence[Group], images: Sequence[tuple[str, str]],
+                   skipped: dict[str, str], inputs: Sequence[str], warnings: Sequence[str] = ()) -> None:
+    n_runs = sum(len(g.runs) for g in groups)
+    out = [f"# {title}", "",
+           f"{n_runs} run(s) in {len(groups)} group(s), generated {datetime.now():%Y-%m-%d %H:%M} by `smet-compare` "
+           f"from: {', '.join(f'`{p}`' for p in inputs)}.", "",
+           "## Summary", "", markdown_table(groups), "", LEGEND, "",
+           "Machine-readable: [summary.csv](summary.csv) (per group), [runs.csv](runs.csv) (per run).", ""]
+    notes = _notes(groups, skipped, warnings)
+    if notes:
+        out += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    if images:
+        out += ["## Figures", ""]
+        for fname, caption in images:
+            out += [f"### {caption}", "", f"![{caption}]({fname})", ""]
+    out += ["## Runs", "", "| group | run | seed | status | steps | final val ppl | directory |",
+            "|---|---|---:|---|---:|---:|---|"]
+    rows = _runs_rows(groups)
+    for r in rows:
+        out.append(f"| {r['group']} | {r['name']} | {r['seed']} | {r['status']} | {r['steps']} | {r['ppl']} | "
+                   f"`{r['source']}` |")
+    out += ["", "### Command lines", "",
+            "From each run's `.hydra/overrides.yaml` (run from the repository root to reproduce one run).", ""]
+    for r in rows:
+        out.append(f"- **{r['name']}** (`{r['source']}`)" + (f" - {r['note']}" if r["note"] else ""))
+        out += (["", "  ```bash", f"  {r['command']}", "  ```"] if r["command"] else ["  (no .hydra/overrides.yaml)"])
+    out.append("")
+    path.write_text("\n".join(out))
+
+
+CSS = """
+body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1300px;
+       color: #222; padding: 0 1em; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 13px; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tr:nth-child(even) td { background: #fafafa; }
+img { max-width: 100%; border: 1px solid #eee; }
+code, pre { background: #f5f5f5; font-size: 12px; }
+pre { padding: 6px; overflow-x: auto; white-space: pre-wrap; }
+.legend { font-size: 13px; color: #444; }
+"""
+
+
+def _md_inline(s: str) -> str:
+    """The little Markdown used in notes -> HTML (escaped)."""
+    import re
+
+    s = html.escape(s)
+    s = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", s)
+    s = re.sub(r"`(.+?)`", r"<code>\1</code>", s)
+    s = re.sub(r"\*(.+?)\*", r"<i>\1</i>", s)
+    return s
+
+
+def write_html(path: Path, *, title: str, groups: Sequence[Group], images: Sequence[tuple[str, str]],
+               skipped: dict[str, str], inputs: Sequence[str], warnings: Sequence[str] = ()) -> None:
+    out_dir = path.parent
+    n_runs = sum(len(g.runs) for g in groups)
+    e = html.escape
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{e(title)}</title>",
+             f"<style>{CSS}</style></head><body>", f"<h1>{e(title)}</h1>",
+             f"<p>{n_runs} run(s) in {len(groups)} group(s), generated {datetime.now():%Y-%m-%d %H:%M} by "
+             f"<code>smet-compare</code> from: {', '.join(f'<code>{e(p)}</code>' for p in inputs)}.</p>",
+             "<h2>Summary</h2>", html_table(groups), f'<p class="legend">{_md_inline(LEGEND)}</p>']
+    notes = _notes(groups, skipped, warnings)
+    if notes:
+        parts += ["<h2>Notes</h2>", "<ul>"] + [f"<li>{_md_inline(n)}</li>" for n in notes] + ["</ul>"]
+    if images:
+        parts.append("<h2>Figures</h2>")
+        for fname, caption in images:
+            data = base64.b64encode((out_dir / fname).read_bytes()).decode("ascii")
+            parts += [f"<h3>{e(caption)}</h3>",
+                      f'<img alt="{e(caption)}" title="{e(fname)}" src="data:image/png;base64,{data}">']
+    parts += ["<h2>Runs</h2>", "<table><thead><tr><th>group</th><th>run</th><th>seed</th><th>status</th><th>steps</th>"
+              "<th>final val ppl</th><th>directory</th><th>command</th></tr></thead><tbody>"]
+    for r in _runs_rows(groups):
+        cmd = f"<pre>{e(r['command'])}</pre>" if r["command"] else "-"
+        note = f"<br><small>{e(r['note'])}</small>" if r["note"] else ""
+        parts.append(f"<tr><td>{e(r['group'])}</td><td>{e(r['name'])}</td><td class=num>{e(r['seed'])}</td>"
+                     f"<td>{e(r['status'])}</td><td class=num>{e(r['steps'])}</td><td class=num>{e(r['ppl'])}</td>"
+                     f"<td><code>{e(r['source'])}</code>{note}</td><td>{cmd}</td></tr>")
+    parts += ["</tbody></table>", "</body></html>"]
+    path.write_text("\n".join(parts))

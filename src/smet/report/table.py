@@ -1,0 +1,414 @@
+"""Grouping runs (same config except seed) and the summary table (CSV, Markdown, HTML)."""
+
+from __future__ import annotations
+
+import csv
+import html
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from smet.report.runs import SPARSE_OPT_KEYS, ReportError, Run, flatten
+
+METHOD_ORDER = {"dense": 0, "static": 1, "set": 2, "rigl": 3, "smet": 4}
+DEFAULT_GROUP_BY = ("method", "variant", "density", "W", "lr_scaling", "model")
+
+
+def _dense_none(fn: Callable[[Run], Any]) -> Callable[[Run], Any]:
+    """Sparse-only settings mean nothing for dense runs: they group (and print) as '-'."""
+    return lambda r: None if r.is_dense else fn(r)
+
+
+# alias -> (column title, getter)
+KEYS: dict[str, tuple[str, Callable[[Run], Any]]] = {
+    "method": ("method", lambda r: r.method),
+    "variant": ("variant", _dense_none(lambda r: r.cfg("sparsity.variant"))),
+    "density": ("density", lambda r: 1.0 if r.is_dense else _float(r.cfg("sparsity.density"))),
+    "W": ("W", _dense_none(lambda r: r.cfg("optimizer.regrowth_warmup_steps"))),
+    "lr_scaling": ("lr scaling", _dense_none(lambda r: r.cfg("optimizer.lr_scaling"))),
+    "model": ("model", lambda r: r.cfg("model.name")),
+    "seed": ("seed", lambda r: r.cfg("seed")),
+    "data": ("data", lambda r: r.cfg("data.name")),
+    "experiment": ("experiment", lambda r: r.cfg("experiment_name")),
+    "update_interval": ("ΔT", _dense_none(lambda r: r.cfg("sparsity.update_interval"))),
+    "reset_local_step": ("reset local step", _dense_none(lambda r: r.cfg("optimizer.reset_local_step"))),
+    "reset_moments": ("reset moments", _dense_none(lambda r: r.cfg("optimizer.reset_moments"))),
+    "max_steps": ("max steps", lambda r: r.cfg("trainer.max_steps")),
+    "lr": ("lr", lambda r: r.cfg("optimizer.lr")),
+}
+ALIASES = {"W": "W", "w": "W", "regrowth_warmup_steps": "W", "lr-scaling": "lr_scaling", "lr_scale": "lr_scaling",
+           "model.name": "model", "sparsity.method": "method", "sparsity.variant": "variant",
+           "sparsity.density": "density", "optimizer.regrowth_warmup_steps": "W",
+           "optimizer.lr_scaling": "lr_scaling", "data.name": "data", "experiment_name": "experiment",
+           "sparsity.update_interval": "update_interval", "optimizer.reset_local_step": "reset_local_step",
+           "optimizer.reset_moments": "reset_moments", "trainer.max_steps": "max_steps", "optimizer.lr": "lr"}
+
+# config keys that never make two runs different experiments (paths, logging, bookkeeping)
+IGNORED_CONFIG = {"seed", "run_name", "ckpt_path", "output_dir", "project", "group", "tags", "experiment_name",
+                  "data.seed", "data.cache_dir", "data.num_workers", "data.vocab_size", "data.path",
+                  "trainer.progress_bar", "trainer.model_summary", "trainer.log_every_n_steps",
+                  "trainer.checkpoint_every_n_steps", "trainer.cpu_threads", "trainer.deterministic",
+                  "trainer.peak_flops"}
+IGNORED_PREFIXES = ("logger.", "hydra.", "tags.")
+
+
+def _float(x: Any) -> Any:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return x
+
+
+def resolve_key(key: str) -> str:
+    """A --group-by key: an alias from KEYS or a dotted config path (kept as is)."""
+    k = key.strip()
+    k = ALIASES.get(k, k)
+    return k
+
+
+def key_title(key: str) -> str:
+    return KEYS[key][0] if key in KEYS else key
+
+
+def key_value(run: Run, key: str) -> Any:
+    if key in KEYS:
+        return KEYS[key][1](run)
+    v = run.cfg(key)
+    return tuple(v) if isinstance(v, list) else v
+
+
+def fmt_value(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, dict):
+        return ",".join(f"{k}={fmt_value(x)}" for k, x in v.items())
+    if isinstance(v, (tuple, list)):
+        return "[" + ",".join(fmt_value(x) for x in v) + "]"
+    return str(v)
+
+
+def _hashable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return tuple(sorted((k, _hashable(x)) for k, x in v.items()))
+    if isinstance(v, (list, tuple)):
+        return tuple(_hashable(x) for x in v)
+    return v
+
+
+def _sort_token(v: Any) -> tuple:
+    if v is None:
+        return (0, 0, "")
+    if isinstance(v, bool):
+        return (1, int(v), "")
+    if isinstance(v, (int, float)):
+        return (1, float(v), "")
+    return (2, 0, str(v))
+
+
+# ----------------------------------------------------------------------------- groups
+@dataclass
+class Group:
+    keys: tuple[str, ...]
+    values: tuple[Any, ...]
+    runs: list[Run] = field(default_factory=list)
+    label: str = ""
+    mixed: list[str] = field(default_factory=list)   # config keys that differ inside the group (besides seed)
+
+    def value(self, key: str) -> Any:
+        if key in self.keys:
+            return self.values[self.keys.index(key)]
+        vals = {_hashable(key_value(r, key)) for r in self.runs}
+        return key_value(self.runs[0], key) if len(vals) == 1 else None
+
+    @property
+    def method(self) -> str:
+        return str(self.value("method") or self.runs[0].method)
+
+    @property
+    def is_dense(self) -> bool:
+        return all(r.is_dense for r in self.runs)
+
+    @property
+    def n_incomplete(self) -> int:
+        return sum(not r.complete for r in self.runs)
+
+    # per-seed statistics
+    def final_ppl(self) -> tuple[float | None, float | None]:
+        return mean_std([r.final_val_ppl for r in self.runs])
+
+    def best_ppl(self) -> float | None:
+        return mean_std([r.best_val_ppl for r in self.runs])[0]
+
+    def tokens_per_s(self) -> float | None:
+        return mean_std([r.tokens_per_s for r in self.runs])[0]
+
+    def static_mib(self, part: str) -> float | None:
+        return mean_std([r.static_mib(part) for r in self.runs])[0]
+
+    def spikes(self) -> list[float]:
+        return [v for r in self.runs for v in r.spikes]
+
+    def ratios(self) -> tuple[list[float], list[float]]:
+        reg = [v for r in self.runs for v in r.update_ratios[0]]
+        mat = [v for r in self.runs for v in r.update_ratios[1]]
+        return reg, mat
+
+    def steps(self) -> list[int]:
+        return sorted({s for r in self.runs if (s := r.steps) is not None})
+
+
+def mean_std(xs: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample std (ddof 1; None for one value) of the given values; None entries are
+    skipped, a non-finite value (diverged run) makes the result non-finite."""
+    vals = [float(x) for x in xs if x is not None]
+    if not vals:
+        return None, None
+    mean = float(np.mean(vals))
+    std = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
+    return mean, std
+
+
+def _candidate_keys(runs: Sequence[Run]) -> list[str]:
+    keys: set[str] = set()
+    for r in runs:
+        for k in flatten(r.config):
+            if k in IGNORED_CONFIG or k.startswith(IGNORED_PREFIXES):
+                continue
+            keys.add(k)
+    return sorted(keys)
+
+
+def _relevant_value(run: Run, key: str) -> Any:
+    """Config value of ``key`` for the 'same config except seed' test (None = not applicable)."""
+    if run.is_dense and (key.startswith("sparsity.") or key.split(".")[-1] in SPARSE_OPT_KEYS
+                         and key.startswith("optimizer.")):
+        return None
+    v = run.cfg(key)
+    return _hashable(v)
+
+
+def _split(runs: Sequence[Run], keys: Sequence[str]) -> dict[tuple, list[Run]]:
+    out: dict[tuple, list[Run]] = {}
+    for r in runs:
+        out.setdefault(tuple(_hashable(key_value(r, k)) for k in keys), []).append(r)
+    return out
+
+
+def _differing(runs: Sequence[Run], candidates: Sequence[str]) -> list[str]:
+    return [k for k in candidates if len({_relevant_value(r, k) for r in runs}) > 1]
+
+
+def group_runs(runs: Sequence[Run], group_by: Sequence[str] | None = None) -> list[Group]:
+    """Group runs. ``group_by=None`` (auto): the default keys, plus any further config key that
+    still differs between runs of one group (so a group is 'the same config except seed');
+    explicit keys: exactly those (groups that mix configs list the differing keys in ``mixed``)."""
+    if not runs:
+        return []
+    candidates = _candidate_keys(runs)
+    if group_by is None:
+        keys = list(DEFAULT_GROUP_BY)
+        # the default keys already cover these config paths
+        default_paths = {"sparsity.method", "sparsity.variant", "sparsity.density", "optimizer.regrowth_warmup_steps",
+                         "optimizer.lr_scaling", "model.name"}
+        alias_rank = {k: i for i, k in enumerate(KEYS)}
+        extra_candidates = sorted((k for k in candidates if k not in default_paths),
+                                  key=lambda k: (alias_rank.get(resolve_key(k), len(alias_rank)),
+                                                 not k.endswith((".kind", ".name", ".method")), k))
+        while True:
+            added = False
+            for members in _split(runs, keys).values():
+                diff = [k for k in _differing(members, extra_candidates) if resolve_key(k) not in keys]
+                if diff:
+                    keys.append(resolve_key(diff[0]))
+                    added = True
+                    break
+            if not added:
+                break
+    else:
+        keys = [resolve_key(k) for k in group_by]
+        for k in keys:
+            if k not in KEYS and all(r.cfg(k) is None for r in runs):
+                known = ", ".join(KEYS)
+                raise ReportError("--group-by", f"unknown key {k!r}: not an alias ({known}) and no run config has it")
+    groups = []
+    for vals, members in _split(runs, keys).items():
+        g = Group(keys=tuple(keys), values=tuple(key_value(members[0], k) for k in keys), runs=members)
+        g.mixed = [k for k in _differing(members, candidates)
+                   if resolve_key(k) not in keys and k not in keys]
+        groups.append(g)
+    groups.sort(key=lambda g: tuple(
+        (METHOD_ORDER.get(str(v), 99), str(v)) if k == "method" else
+        ((0, -float(v)) if isinstance(v, (int, float)) and k == "density" else (_sort_token(v),))
+        for k, v in zip(g.keys, g.values)))
+    _label(groups)
+    return groups
+
+
+def _label(groups: list[Group]) -> None:
+    """Short legend labels: method[/variant] plus the other group keys that vary across groups."""
+    # a key goes into a group's label when it tells apart groups of the same method/variant
+    by_mv: dict[tuple, list[Group]] = {}
+    for g in groups:
+        by_mv.setdefault((g.method, _hashable(g.value("variant"))), []).append(g)
+    short = {"density": "d", "lr_scaling": "lr×", "update_interval": "ΔT", "reset_local_step": "reset_step",
+             "reset_moments": "reset_m", "max_steps": "steps"}
+    for members in by_mv.values():
+        keys = members[0].keys
+        varying = [i for i, k in enumerate(keys) if k not in ("method", "variant")
+                   and len({_hashable(g.values[i]) for g in members}) > 1]
+        for g in members:
+            parts = [g.method + (f"/{g.value('variant')}" if g.value("variant") else "")]
+            for i in varying:
+                k, v = g.keys[i], g.values[i]
+                if v is None or (g.is_dense and k == "density"):
+                    continue
+                parts.append(f"{short.get(k, k.split('.')[-1])}={fmt_value(v)}")
+            g.label = " ".join(parts)
+    seen: dict[str, int] = {}
+    for g in groups:  # keep labels unique
+        if g.label in seen:
+            seen[g.label] += 1
+            g.label = f"{g.label} #{seen[g.label]}"
+        else:
+            seen[g.label] = 1
+
+
+# ----------------------------------------------------------------------------- table
+def _f(v: float | None, fmt: str) -> str:
+    if v is None:
+        return "-"
+    if not math.isfinite(v):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    return format(v, fmt)
+
+
+def _pm(mean: float | None, std: float | None, fmt: str) -> str:
+    if mean is None:
+        return "-"
+    return _f(mean, fmt) + (f" ± {_f(std, fmt)}" if std is not None else "")
+
+
+def _ratio_fmt(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+
+
+def table_columns(groups: Sequence[Group]) -> list[str]:
+    keys = list(groups[0].keys) if groups else list(DEFAULT_GROUP_BY)
+    fixed = ["method", "variant", "density", "W", "lr_scaling", "model"]
+    extras = [k for k in keys if k not in fixed]
+    return [key_title(k) for k in fixed] + [key_title(k) for k in extras] + [
+        "n seeds", "final val ppl", "best val ppl", "tokens/s", "static MiB (all)", "static MiB (sparse)",
+        "spike mean", "regrown / mature |Δθ|/lr", "steps"]
+
+
+def table_rows(groups: Sequence[Group]) -> list[list[str]]:
+    """Display rows (strings) of the Markdown / HTML table, one per group."""
+    rows = []
+    for g in groups:
+        fixed = ["method", "variant", "density", "W", "lr_scaling", "model"]
+        extras = [k for k in g.keys if k not in fixed]
+        cells = [fmt_value(g.value(k)) if k != "density" or not g.is_dense else "1" for k in fixed]
+        cells += [fmt_value(g.value(k)) for k in extras]
+        n_distinct = len({_hashable(r.seed) for r in g.runs})
+        notes = ([f"{n_distinct} distinct"] if n_distinct < len(g.runs) else []) + (
+            [f"{g.n_incomplete} incomplete"] if g.n_incomplete else [])
+        n = f"{len(g.runs)}" + (f" ({', '.join(notes)})" if notes else "")
+        m, s = g.final_ppl()
+        spikes = g.spikes()
+        reg, mat = g.ratios()
+        steps = g.steps()
+        cells += [
+            n,
+            _pm(m, s, ".2f"),
+            _f(g.best_ppl(), ".2f"),
+            _f(g.tokens_per_s(), ",.0f"),
+            _f(g.static_mib("all"), ".2f"),
+            _f(g.static_mib("sparse"), ".2f"),
+            _f(float(np.mean(spikes)), "+.4f") if spikes else "-",
+            f"{_ratio_fmt(float(np.mean(reg)))} / {_ratio_fmt(float(np.mean(mat)))}" if reg and mat else "-",
+            ("-" if not steps else str(steps[0]) if len(steps) == 1 else f"{steps[0]}–{steps[-1]}"),
+        ]
+        rows.append(cells)
+    return rows
+
+
+def markdown_table(groups: Sequence[Group]) -> str:
+    cols = table_columns(groups)
+    rows = table_rows(groups)
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(esc(c) for c in cols) + " |",
+             "|" + "|".join("---" if i < 6 else "---:" for i in range(len(cols))) + "|"]
+    n_fixed = len(cols) - 9
+    lines[1] = "|" + "|".join("---" if i < n_fixed else "---:" for i in range(len(cols))) + "|"
+    lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def html_table(groups: Sequence[Group]) -> str:
+    cols = table_columns(groups)
+    rows = table_rows(groups)
+    n_fixed = len(cols) - 9
+    out = ['<table class="summary">', "<thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+           + "</tr></thead>", "<tbody>"]
+    for r in rows:
+        out.append("<tr>" + "".join(f'<td{" class=num" if i >= n_fixed else ""}>{html.escape(c)}</td>'
+                                    for i, c in enumerate(r)) + "</tr>")
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+CSV_FIELDS = ["group", "method", "variant", "density", "W", "lr_scaling", "model"]
+
+
+def write_summary_csv(groups: Sequence[Group], path: Path) -> None:
+    """Machine-readable summary: one row per group, plain numbers (no ± strings)."""
+    extras = [k for k in (groups[0].keys if groups else ()) if k not in CSV_FIELDS]
+    fields = CSV_FIELDS + extras + [
+        "n_seeds", "n_incomplete", "seeds", "final_val_ppl_mean", "final_val_ppl_std", "best_val_ppl",
+        "tokens_per_s", "static_mib_all", "static_mib_sparse", "spike_mean", "spike_std", "n_spikes",
+        "update_ratio_regrown", "update_ratio_mature", "steps", "runs"]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(fields)
+        for g in groups:
+            m, s = g.final_ppl()
+            sp_m, sp_s = mean_std(g.spikes())
+            reg, mat = g.ratios()
+            steps = g.steps()
+            row = [g.label] + [_csv(g.value(k)) for k in CSV_FIELDS[1:] + extras] + [
+                len(g.runs), g.n_incomplete, " ".join(_csv(r.seed) for r in g.runs), _csv(m), _csv(s),
+                _csv(g.best_ppl()), _csv(g.tokens_per_s()), _csv(g.static_mib("all")), _csv(g.static_mib("sparse")),
+                _csv(sp_m), _csv(sp_s), len(g.spikes()), _csv(mean_std(reg)[0]), _csv(mean_std(mat)[0]),
+                _csv(max(steps) if steps else None), " ".join(r.source for r in g.runs)]
+            if g.is_dense:
+                row[CSV_FIELDS.index("density")] = "1.0"
+            w.writerow(row)
+
+
+def _csv(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return repr(v)
+    return fmt_value(v)
+
+
+def write_runs_csv(groups: Sequence[Group], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["group", "run_name", "seed", "status", "steps", "final_val_ppl", "best_val_ppl", "tokens_per_s",
+                    "spike_mean", "source", "command"])
+        for g in groups:
+            for r in g.runs:
+                w.writerow([g.label, r.name, _csv(r.seed), "complete" if r.complete else "incomplete",
+                            _csv(r.steps), _csv(r.final_val_ppl), _csv(r.best_val_ppl), _csv(r.tokens_per_s),
+                            _csv(mean_std(r.spikes)[0]), r.source, r.command() or ""])

@@ -1,0 +1,372 @@
+"""smet-compare: reports over real run directories made by `python train.py -m` (a tiny sweep)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import FAST, REPO
+from smet.cli.compare import main
+from smet.report.runs import load_run_dir, parse_metrics_csv, run_from_wandb
+
+METHODS = ("dense", "set", "smet")
+PNGS = ("loss_curves.png", "ppl_vs_density.png", "spike_by_method.png", "update_ratio.png")
+
+
+@pytest.fixture(scope="module")
+def sweep(session_cache, tmp_path_factory) -> Path:
+    """dense / set / smet, 12 steps each, topology updates every 4 steps: one Hydra multirun."""
+    root = tmp_path_factory.mktemp("compare_sweep")
+    cmd = [sys.executable, str(REPO / "train.py"), "-m", "+experiment=method_compare",
+           f"sparsity={','.join(METHODS)}", "trainer.max_steps=12", "sparsity.update_interval=4",
+           "++sparsity.spike_window=2", "trainer.val_every_n_steps=6", f"hydra.sweep.dir={root / 'sweep'}", *FAST]
+    env = dict(os.environ, SMET_CACHE_DIR=str(session_cache), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               WANDB_MODE="offline", PYTHONUNBUFFERED="1")
+    res = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, f"sweep failed:\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
+    return root / "sweep"
+
+
+@pytest.fixture(scope="module")
+def report(sweep, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("compare_report") / "report"
+    assert main([str(sweep), "--out", str(out), "--title", "tiny sweep"]) == 0
+    return out
+
+
+def summaries(sweep: Path) -> dict[str, dict]:
+    out = {}
+    for d in sorted(p for p in sweep.iterdir() if p.is_dir()):
+        method = json.loads((d / "summary.json").read_text())["method"]
+        out[method] = json.loads((d / "summary.json").read_text()) | {"dir": d}
+    return out
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+# ----------------------------------------------------------------------------- the report
+@pytest.mark.slow
+def test_summary_table_one_row_per_method_with_final_ppl(sweep, report):
+    sums = summaries(sweep)
+    assert set(sums) == set(METHODS)
+    rows = read_csv(report / "summary.csv")
+    assert [r["method"] for r in rows] == list(METHODS)  # ordered dense, ..., smet
+    for r in rows:
+        s = sums[r["method"]]
+        assert r["n_seeds"] == "1" and r["n_incomplete"] == "0"
+        assert float(r["final_val_ppl_mean"]) == pytest.approx(s["val_ppl"], rel=1e-12)
+        assert float(r["steps"]) == 12
+        assert float(r["static_mib_all"]) == pytest.approx(s["static_bytes"]["all"]["total"] / 2**20)
+        assert r["runs"] == str(s["dir"])
+    dense, set_, smet = rows
+    assert dense["density"] == "1.0" and dense["W"] == "" and dense["spike_mean"] == ""
+    assert float(smet["density"]) == 0.25 and smet["W"] == "100" and smet["lr_scaling"] == "inverse"
+    assert float(smet["static_mib_all"]) < float(dense["static_mib_all"])
+    # the regrowth warm-up makes SMET's first update of regrown weights far smaller than SET's
+    assert float(smet["update_ratio_regrown"]) < 0.2 * float(set_["update_ratio_regrown"])
+    assert int(smet["n_spikes"]) >= 1 and math.isfinite(float(smet["spike_mean"]))
+
+    md = (report / "report.md").read_text()
+    summary_section = md.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    table = [line for line in summary_section.splitlines() if line.startswith("| ") and "tiny" in line]
+    assert len(table) == 3
+    for line, m in zip(table, METHODS):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[0] == m
+        assert f"{sums[m]['val_ppl']:.2f}" in cells
+    assert (report / "summary.md").read_text().count("| tiny |") == 3
+
+
+@pytest.mark.slow
+def test_pngs_are_real_images(report):
+    for name in PNGS:
+        p = report / name
+        assert p.is_file(), f"{name} missing"
+        w, h = png_size(p)
+        assert w >= 300 and h >= 200 and p.stat().st_size > 10_000, (name, w, h, p.stat().st_size)
+
+
+@pytest.mark.slow
+def test_report_md_and_self_contained_html(sweep, report):
+    md = (report / "report.md").read_text()
+    for name in PNGS:
+        assert f"]({name})" in md
+    for d in sorted(p for p in sweep.iterdir() if p.is_dir()):
+        assert f"`{d}`" in md
+    assert "python train.py sparsity=smet" in md and "+experiment=method_compare" in md  # .hydra/overrides.yaml
+
+    page = (report / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == len(PNGS)
+    assert 'src="loss_curves.png"' not in page and "<img src=\"" not in page.replace('src="data:', "")
+    assert '<table class="summary">' in page and page.count("<tr>") >= 1 + 3 + 3  # header, groups, runs
+    for m in METHODS:
+        assert f"<td>{m}</td>" in page
+
+
+@pytest.mark.slow
+def test_resumed_run_duplicates_are_deduplicated(sweep, tmp_path, capsys):
+    """A run that died after step 11 and was resumed from its step-6 checkpoint repeats rows 6..11:
+    the later rows win; without summary.json it is reported as incomplete from metrics.csv."""
+    src = summaries(sweep)["smet"]["dir"]
+    run = tmp_path / "runs" / "resumed"
+    shutil.copytree(src, run, ignore=shutil.ignore_patterns("checkpoints"))
+    (run / "summary.json").unlink()
+    with open(src / "metrics.csv", newline="") as f:
+        header, *rows = list(csv.reader(f))
+    step = header.index("step")
+    li, pi = header.index("train/loss"), header.index("val/ppl")
+    again = []
+    for r in rows:
+        if int(r[step]) >= 6:
+            r = list(r)
+            if r[li]:
+                r[li] = str(float(r[li]) + 1.0)
+            if r[pi]:
+                r[pi] = str(float(r[pi]) * 2.0)
+            again.append(r)
+    with open(run / "metrics.csv", "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows, *again])
+
+    orig, _ = parse_metrics_csv(src / "metrics.csv")
+    r = load_run_dir(run)
+    expected_dups = sum(1 for row in again for i, c in enumerate(row) if c and header[i] not in ("step", "epoch"))
+    assert not r.complete and r.duplicates_dropped == expected_dups > 0
+    steps, loss = r.series("train/loss")
+    assert steps.tolist() == orig["train/loss"][0].tolist()  # no repeated step
+    for s, v, v0 in zip(steps, loss, orig["train/loss"][1]):
+        assert v == pytest.approx(v0 + 1.0 if s >= 6 else v0)
+    last_ppl = orig["val/ppl"][1][-1] * 2.0
+    assert r.final_val_ppl == pytest.approx(last_ppl)
+    assert r.steps == 12
+
+    out = tmp_path / "rep"
+    assert main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    (row,) = read_csv(out / "summary.csv")
+    assert float(row["final_val_ppl_mean"]) == pytest.approx(last_ppl) and row["n_incomplete"] == "1"
+    (run_row,) = read_csv(out / "runs.csv")
+    assert run_row["status"] == "incomplete"
+    assert "incomplete" in (out / "report.md").read_text()
+    assert "1 (1 incomplete)" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_seeds_group_into_one_row_with_std(sweep, tmp_path):
+    src = summaries(sweep)["smet"]
+    a, b = tmp_path / "runs" / "a", tmp_path / "runs" / "b"
+    for d in (a, b):
+        shutil.copytree(src["dir"], d, ignore=shutil.ignore_patterns("checkpoints"))
+    (b / "config.yaml").write_text((b / "config.yaml").read_text().replace("seed: 1234", "seed: 7"))
+    (b / "summary.json").write_text(json.dumps(json.loads((b / "summary.json").read_text()) | {"val_ppl": 100.0}))
+    out = tmp_path / "rep"
+    assert main([str(a), str(b), str(a), "--out", str(out)]) == 0  # a given twice: counted once
+    (row,) = read_csv(out / "summary.csv")
+    assert row["n_seeds"] == "2" and row["seeds"] == "1234 7"
+    assert float(row["final_val_ppl_mean"]) == pytest.approx((src["val_ppl"] + 100.0) / 2)
+    assert float(row["final_val_ppl_std"]) == pytest.approx(abs(src["val_ppl"] - 100.0) / math.sqrt(2))
+    # explicit --group-by seed splits them again
+    out2 = tmp_path / "rep2"
+    assert main([str(a), str(b), "--out", str(out2), "--group-by", "method,seed"]) == 0
+    assert len(read_csv(out2 / "summary.csv")) == 2
+
+
+@pytest.mark.slow
+def test_dense_only_skips_sparse_plots_gracefully(sweep, tmp_path):
+    out = tmp_path / "rep"
+    assert main([str(summaries(sweep)["dense"]["dir"]), "--out", str(out)]) == 0
+    assert (out / "loss_curves.png").is_file()
+    for name in ("ppl_vs_density.png", "spike_by_method.png", "update_ratio.png"):
+        assert not (out / name).exists()
+        assert f"`{name}` not drawn" in (out / "report.md").read_text()
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_missing_path_and_empty_dir_exit_2_naming_the_path(tmp_path, capsys):
+    missing = tmp_path / "no_such_runs"
+    assert main([str(missing), "--out", str(tmp_path / "r1")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(missing) in err and err.startswith("smet-compare: error:") and len(err.splitlines()) == 1
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    assert main([str(empty), "--out", str(tmp_path / "r2")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(empty) in err and "no runs" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+
+
+@pytest.mark.slow
+def test_existing_report_dir_refused_without_force(sweep, tmp_path, capsys):
+    out = tmp_path / "rep"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    assert main([str(sweep), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "--force" in err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    (out / "update_ratio.png").write_text("stale")
+    assert main([str(summaries(sweep)["dense"]["dir"]), "--out", str(out), "--force"]) == 0
+    assert (out / "notes.txt").read_text() == "keep me" and (out / "report.html").is_file()
+    assert not (out / "update_ratio.png").exists()  # stale figure of an earlier report removed
+
+
+def test_unknown_group_by_key_exits_2(tmp_path, capsys):
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("seed: 1\nmodel: {name: tiny}\nsparsity: {method: dense}\n")
+    (run / "metrics.csv").write_text("epoch,step,train/loss\n0,0,5.0\n0,1,4.0\n")
+    assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "o"), "--group-by", "method,bogus.key"]) == 2
+    assert "bogus.key" in capsys.readouterr().err
+
+
+def test_metrics_csv_last_occurrence_wins_and_repeated_header(tmp_path):
+    p = tmp_path / "metrics.csv"
+    p.write_text("epoch,step,train/loss,val/ppl\n0,0,5.0,\n0,1,4.0,\n0,1,,90\n"
+                 "epoch,step,train/loss,val/ppl\n0,1,3.5,\n0,1,,80\n0,2,3.0,\n")
+    m, dups = parse_metrics_csv(p)
+    assert m["train/loss"][0].tolist() == [0, 1, 2] and m["train/loss"][1].tolist() == [5.0, 3.5, 3.0]
+    assert m["val/ppl"][0].tolist() == [1] and m["val/ppl"][1].tolist() == [80.0]
+    assert dups == 2 and "epoch" not in m
+
+
+# ----------------------------------------------------------------------------- W&B
+def wandb_triple(method="smet", seed=1, val_ppl=50.0):
+    config = {  # as the public API returns it, with one raw {"value": ...} wrapper and a flattened key
+        "seed": {"value": seed, "desc": None},
+        "run_name": f"tiny-{method}-s{seed}",
+        "model": {"name": "tiny", "hidden_size": 128},
+        "sparsity": {"method": method, "variant": None, "density": 0.25, "update_interval": 4},
+        "optimizer": {"lr": 3e-3, "regrowth_warmup_steps": 100, "lr_scaling": "inverse"},
+        "trainer.max_steps": 12,
+        "_wandb": {"cli_version": "0.31.0"},
+    }
+    history = [
+        {"_step": 0, "trainer/global_step": 1, "train/loss": 6.0, "epoch": 0},
+        {"_step": 1, "trainer/global_step": 3, "sparsity/update": 1.0, "sparsity/regrown": 100.0},
+        {"_step": 2, "trainer/global_step": 3, "train/loss": 5.5, "epoch": 0},
+        {"_step": 3, "trainer/global_step": 4, "sparsity/update_ratio_regrown": 0.01,
+         "sparsity/update_ratio_mature": 0.3},
+        {"_step": 4, "trainer/global_step": 5, "sparsity/spike": -0.2, "train/loss": 5.2, "val/ppl": 80.0},
+        {"_step": 5, "trainer/global_step": 5, "train/loss": 5.25, "val/ppl": None, "media": {"_type": "image"}},
+        {"_step": 6, "trainer/global_step": 11, "train/loss": 5.0, "val/ppl": val_ppl + 1},
+    ]
+    summary = {"val_ppl": val_ppl, "steps": 12, "tokens_per_s": 9000.0, "density": 0.25, "spike_mean": -0.2,
+               "val/ppl": val_ppl + 1, "_runtime": 12.3, "static_bytes": {"all": {"total": 2**20},
+                                                                           "sparse": {"total": 2**19}}}
+    return config, history, summary
+
+
+def test_wandb_conversion_maps_plain_dicts():
+    config, history, summary = wandb_triple()
+    r = run_from_wandb(config, history, summary, name="run-a", source="ent/proj/abc123", state="finished")
+    assert r.kind == "wandb" and r.name == "run-a" and r.source == "ent/proj/abc123"
+    assert r.method == "smet" and r.seed == 1 and r.cfg("trainer.max_steps") == 12 and r.cfg("model.name") == "tiny"
+    assert "_wandb" not in r.config
+    steps, loss = r.series("train/loss")
+    assert steps.tolist() == [1, 3, 5, 11] and loss.tolist() == [6.0, 5.5, 5.25, 5.0]  # step 5: last row wins
+    assert r.update_steps == [4]  # logged at row 3 = optimizer step 4
+    assert r.update_ratios == ([0.01], [0.3]) and r.spikes == [-0.2]
+    assert r.spikes_by_update() == {4: -0.2}
+    assert r.complete and r.final_val_ppl == 50.0 and r.best_val_ppl == 50.0 and r.steps == 12
+    assert r.tokens_per_s == 9000.0 and r.static_mib("all") == 1.0 and r.static_mib("sparse") == 0.5
+    assert "media" not in r.metrics and "_runtime" not in r.metrics
+    crashed = run_from_wandb(config, history, summary, state="crashed")
+    assert not crashed.complete and crashed.final_val_ppl == 51.0  # last logged val/ppl
+    assert run_from_wandb(config, history, {}).complete is False
+
+
+def test_wandb_runs_make_a_report(tmp_path):
+    from smet.cli.compare import make_report
+
+    runs = [run_from_wandb(*wandb_triple(seed=s, val_ppl=p), state="finished") for s, p in ((1, 50.0), (2, 60.0))]
+    runs.append(run_from_wandb(*wandb_triple(method="set", val_ppl=70.0), state="finished"))
+    res = make_report(runs, tmp_path, title="wb", group_by=None, inputs=["wandb:ent/proj"])
+    rows = read_csv(tmp_path / "summary.csv")
+    assert [(r["method"], r["n_seeds"], float(r["final_val_ppl_mean"])) for r in rows] == [("set", "1", 70.0),
+                                                                                            ("smet", "2", 55.0)]
+    assert "loss_curves.png" in dict(res["images"])
+
+
+def test_wandb_offline_fails_fast_with_clear_message(tmp_path):
+    exe = Path(sys.executable).parent / "smet-compare"
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "smet.cli.compare"]
+    env = dict(os.environ, WANDB_MODE="offline")
+    t0 = time.monotonic()
+    res = subprocess.run([*cmd, "--wandb", "my-team/smet", "--out", str(tmp_path / "wb")], capture_output=True,
+                         text=True, timeout=30, env=env)
+    took = time.monotonic() - t0
+    assert res.returncode == 2 and took < 10, (res.returncode, took, res.stderr)
+    assert "--wandb" in res.stderr and "offline" in res.stderr and "WANDB_MODE" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "wb").exists()
+
+
+def test_wandb_unreachable_server_fails_fast(monkeypatch):
+    from smet.report.runs import ReportError
+    from smet.report.wandb_source import preflight
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # discard port: nothing listens
+    t0 = time.monotonic()
+    with pytest.raises(ReportError, match="cannot reach the W&B server 127.0.0.1:9"):
+        preflight("my-team/smet")
+    assert time.monotonic() - t0 < 10
+    with pytest.raises(ReportError, match="ENTITY/PROJECT"):
+        preflight("just-a-project")
+
+
+# ----------------------------------------------------------------------------- grouping
+def fake_run(d: Path, seed: int, ppl: float, **opt) -> None:
+    """A minimal run directory (config.yaml, metrics.csv, summary.json) of an ablation_reset-like grid."""
+    import yaml
+
+    d.mkdir(parents=True)
+    cfg = {"seed": seed, "run_name": f"{d.name}", "data": {"name": "embedded", "cache_dir": f"/tmp/{d.name}"},
+           "model": {"name": "tiny"}, "trainer": {"max_steps": 4, "progress_bar": "none"},
+           "sparsity": {"method": "smet", "variant": None, "density": 0.25, "update_interval": 2},
+           "optimizer": {"regrowth_warmup_steps": 100, "lr_scaling": "inverse", "reset_local_step": True,
+                         "reset_moments": True} | opt}
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (d / "metrics.csv").write_text("epoch,step,train/loss,val/ppl\n0,0,5.0,\n0,1,4.0,\n0,3,3.5,\n0,3,,%r\n" % ppl)
+    (d / "summary.json").write_text(json.dumps({"steps": 4, "val_ppl": ppl, "method": "smet"}))
+
+
+def test_auto_group_by_splits_on_every_other_differing_key(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    i = 0
+    for rls in (True, False):
+        for rm in (True, False):
+            for seed in (1, 2):
+                fake_run(runs / f"j{i}", seed, 100.0 + i, reset_local_step=rls, reset_moments=rm)
+                i += 1
+    out = tmp_path / "auto"
+    assert main([str(runs), "--out", str(out)]) == 0  # cache_dir / run_name differ too: ignored
+    rows = read_csv(out / "summary.csv")
+    assert len(rows) == 4 and all(r["n_seeds"] == "2" for r in rows)
+    assert {(r["reset_local_step"], r["reset_moments"]) for r in rows} == {
+        ("true", "true"), ("true", "false"), ("false", "true"), ("false", "false")}
+    assert "reset local step" in (out / "summary.md").read_text()
+    # explicit keys group exactly by them; the report says what the merged group mixes
+    out2 = tmp_path / "explicit"
+    assert main([str(runs), "--out", str(out2), "--group-by", "method,density"]) == 0
+    (row,) = read_csv(out2 / "summary.csv")
+    assert row["n_seeds"] == "8" and float(row["final_val_ppl_mean"]) == pytest.approx(103.5)
+    assert "optimizer.reset_local_step, optimizer.reset_moments" in (out2 / "report.md").read_text()
