@@ -161,7 +161,7 @@ def check_output_dir(path: str | os.PathLike) -> Path:
     p = Path(path)
     try:
         p.mkdir(parents=True, exist_ok=True)
-        probe = p / ".smet-write-test"
+        probe = p / f".smet-write-test.{os.getpid()}"  # per process: DDP ranks probe the same dir
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
