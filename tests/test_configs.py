@@ -36,13 +36,16 @@ def test_defaults_compose_to_the_cpu_quick_start():
 
 @pytest.mark.parametrize("model", options("model"))
 def test_every_model_preset(model):
-    validate(compose_cfg(f"model={model}"))
+    cfg = compose_cfg(f"model={model}")
+    validate(cfg)  # raises SmetConfigError on any bad value
+    assert cfg.model.name == model and cfg.model.hidden_size % cfg.model.num_heads == 0
 
 
 @pytest.mark.parametrize("sparsity", [s for s in options("sparsity") if s != "base"])
 def test_every_sparsity_preset(sparsity):
     cfg = compose_cfg(f"sparsity={sparsity}")
     validate(cfg)
+    assert cfg.sparsity.method == sparsity.split("_")[0]
     for key in ("sparsity.block_size", "sparsity.materialize", "sparsity.update_interval"):
         if sparsity != "dense":
             OmegaConf.select(cfg, key, throw_on_missing=True)
@@ -65,18 +68,31 @@ def test_sparsity_presets_set_their_optimizer_semantics():
 @pytest.mark.parametrize("data", options("data"))
 def test_every_data_preset(data, tmp_path):
     extra = [f"data.path={tmp_path}"] if data == "local_files" else []
-    validate(compose_cfg(f"data={data}", *extra))
+    cfg = compose_cfg(f"data={data}", *extra)
+    validate(cfg)
+    assert cfg.data.name == data
 
 
 @pytest.mark.parametrize("combo", [("trainer=gpu",), ("logger=wandb",), ("sparsity/density_schedule=gradual",
                                    "sparsity=smet")])
 def test_other_groups(combo):
-    validate(compose_cfg(*combo))
+    cfg = compose_cfg(*combo)
+    validate(cfg)
+    for override in combo:
+        group, option = override.split("=")
+        node = OmegaConf.select(cfg, group.replace("/", "."))
+        assert node is not None, override
+        if group == "logger":
+            assert cfg.logger.wandb.mode in ("offline", "online", "disabled")
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_composes(experiment):
-    validate(compose_cfg(f"+experiment={experiment}"))
+    cfg = compose_cfg(f"+experiment={experiment}")
+    validate(cfg)
+    assert cfg.experiment_name == experiment
+    grid = OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml").hydra.sweeper.params
+    assert len(grid) >= 1 and "seed" in grid
 
 
 @pytest.mark.parametrize("override,key", [
