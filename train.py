@@ -24,4 +24,7 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
+    from smet.cli.train import precheck_output_dirs
+
+    precheck_output_dirs(sys.argv[1:])  # an unwritable output dir: one clear line before Hydra starts
     main()

@@ -7,6 +7,7 @@ table-like place (this module) rather than as asserts scattered through the code
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -79,6 +80,7 @@ def check_trainer(cfg: Mapping) -> None:
         raise SmetConfigError("trainer.precision", f"unknown precision {prec!r}; choose 32, bf16-mixed or bf16-true")
     _choice(cfg, "trainer.accelerator", ("cpu", "gpu", "cuda", "auto"))
     _choice(cfg, "trainer.progress_bar", ("rich", "tqdm", "none"))
+    _choice(cfg, "trainer.on_nonfinite", ("skip", "stop", "off"), required=False)
     _float(cfg, "trainer.gradient_clip_val", lo=0.0, lo_open=True, required=False)
     _int(cfg, "trainer.checkpoint_every_n_steps", lo=1, required=False)
 
@@ -113,8 +115,32 @@ def check_data(cfg: Mapping) -> None:
 def check_run(cfg: Mapping) -> None:
     _int(cfg, "seed", lo=0)
     ckpt = get(cfg, "ckpt_path")
-    if ckpt is not None and str(ckpt) != "auto":
-        resolve_ckpt_path(str(ckpt))
+    if ckpt is not None and str(ckpt) != "auto" and not Path(os.path.expanduser(str(ckpt))).exists():
+        raise SmetConfigError("ckpt_path", f"no such checkpoint file or run directory: {ckpt}")
+    gbs = get(cfg, "data.global_batch_size")
+    if gbs is not None:
+        global_batch_layout(cfg)
+
+
+def world_size(cfg: Mapping) -> int:
+    devices = get(cfg, "trainer.devices", 1)
+    return (devices if isinstance(devices, int) else 1) * int(get(cfg, "trainer.num_nodes", 1))
+
+
+def global_batch_layout(cfg: Mapping) -> int:
+    """Gradient-accumulation steps that make ``data.global_batch_size`` sequences per optimizer step
+    from ``data.batch_size`` per device on ``trainer.devices`` x ``trainer.num_nodes`` devices."""
+    gbs = _int(cfg, "data.global_batch_size", lo=1)
+    per_step = int(get(cfg, "data.batch_size")) * world_size(cfg)
+    if gbs % per_step:
+        raise SmetConfigError("data.global_batch_size", f"{gbs} is not divisible by data.batch_size x devices x "
+                                                        f"nodes = {per_step}")
+    accum = gbs // per_step
+    explicit = get(cfg, "trainer.accumulate_grad_batches", 1)
+    if explicit not in (1, accum):
+        raise SmetConfigError("trainer.accumulate_grad_batches",
+                              f"{explicit} contradicts data.global_batch_size={gbs} (needs {accum}); set only one")
+    return accum
 
 
 def check_sparsity(cfg: Mapping) -> None:
@@ -134,27 +160,64 @@ def validate(cfg: Mapping) -> None:
 
 
 def resolve_ckpt_path(ckpt: str, run_dir: str | os.PathLike | None = None) -> str | None:
-    """``ckpt_path`` may name a .ckpt file or a run directory (then its checkpoints/last.ckpt).
+    """The checkpoint to resume from, checked for integrity before any compute.
 
-    ``auto`` resumes this run's own directory when it holds a checkpoint (a SLURM requeue re-runs
-    the same command into the same directory): the newest of ``checkpoints/last.ckpt`` and
-    Lightning's pre-emption checkpoints ``hpc_ckpt_*.ckpt``; ``None`` (a fresh start) when none.
+    ``ckpt_path`` may be a ``.ckpt`` file (used as is; a torn or corrupt file is refused), a run
+    directory (its newest intact checkpoint: ``checkpoints/last.ckpt``, a step checkpoint or a
+    Lightning ``hpc_ckpt_*.ckpt``; corrupt ones are skipped with a warning), or ``auto``: this run's
+    own directory when it holds a checkpoint (a SLURM requeue re-runs the same command into the same
+    directory), else ``None`` (a fresh start).
     """
+    from smet.lightning.checkpoint_io import checkpoint_problem, newest_intact
+
+    def pick(directory: Path, required: bool) -> str | None:
+        found, skipped = newest_intact(directory)
+        for path, problem in skipped:
+            warnings.warn(f"ckpt_path: skipping {path} ({problem}); falling back to an older checkpoint")
+        if found is not None:
+            return str(found)
+        if required or skipped:
+            what = "holds no intact checkpoint" if skipped else "holds no checkpoint (checkpoints/*.ckpt)"
+            raise SmetConfigError("ckpt_path", f"directory {directory} {what}")
+        return None
+
     if ckpt == "auto":
-        if run_dir is None:
-            return None
-        root = Path(run_dir)
-        cands = [p for p in [root / "checkpoints" / "last.ckpt", *root.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
-        return str(max(cands, key=lambda p: p.stat().st_mtime)) if cands else None
+        return pick(Path(run_dir), required=False) if run_dir is not None and Path(run_dir).is_dir() else None
     p = Path(os.path.expanduser(ckpt))
     if p.is_dir():
-        cand = p / "checkpoints" / "last.ckpt"
-        if cand.is_file():
-            return str(cand)
-        raise SmetConfigError("ckpt_path", f"directory {p} holds no checkpoints/last.ckpt")
+        return pick(p, required=True)
     if not p.is_file():
         raise SmetConfigError("ckpt_path", f"no such checkpoint file: {p}")
+    problem = checkpoint_problem(p)
+    if problem is not None:
+        raise SmetConfigError("ckpt_path", f"{p} is not a usable checkpoint ({problem}); pass its run directory "
+                                           "to fall back to the newest intact one")
     return str(p)
+
+
+# what must match between a checkpoint and the run resuming from it
+RESUME_KEYS = ("model.hidden_size", "model.intermediate_size", "model.num_layers", "model.num_heads",
+               "sparsity.method", "sparsity.density", "sparsity.block_size", "sparsity.allocation",
+               "sparsity.targets", "data.seq_len")
+
+
+def check_resume_compatible(ckpt_path: str, cfg: Mapping) -> None:
+    """Refuse a checkpoint written by a different model or sparsity layout, naming the key."""
+    from smet.lightning.checkpoint_io import read_hparams
+
+    saved = (read_hparams(ckpt_path).get("cfg") or {})
+    if not saved:
+        return
+    for key in RESUME_KEYS:
+        old, new = get(saved, key), get(cfg, key)
+        if key.startswith("sparsity.") and get(saved, "sparsity.method", "dense") == "dense" \
+                and get(cfg, "sparsity.method", "dense") == "dense" and key != "sparsity.method":
+            continue
+        if key == "sparsity.targets" and old is not None and new is not None:
+            old, new = list(old), list(new)
+        if old != new:
+            raise SmetConfigError(key, f"the checkpoint {ckpt_path} was trained with {key}={old!r}, this run has "
+                                       f"{new!r}; resume with the same value or start a new run")
 
 
 def check_output_dir(path: str | os.PathLike) -> Path:

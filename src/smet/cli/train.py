@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
 import logging
 import math
 import os
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -14,7 +17,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from smet.config import PRECISIONS, check_output_dir, get, resolve_ckpt_path, validate
+from smet.config import (PRECISIONS, check_output_dir, check_resume_compatible, get, global_batch_layout,
+                         resolve_ckpt_path, validate, world_size)
 from smet.errors import SmetConfigError
 
 log = logging.getLogger("smet")
@@ -39,6 +43,31 @@ def _quiet_third_party() -> None:
     warnings.filterwarnings("ignore", message=r".*`isinstance\(treespec, LeafSpec\)` is deprecated.*")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+SECRET_KEYS = ("api_key", "apikey", "token", "secret", "password")
+
+
+def _is_secret_key(key: str) -> bool:
+    k = key.lower()
+    return k in SECRET_KEYS or k.endswith(tuple("_" + s for s in SECRET_KEYS))
+
+
+def redact_secrets(obj: Any) -> Any:
+    """Replace secrets in a config tree by '***': values of keys that look like credentials, and any
+    value equal to the W&B API key of the environment (so it never lands in config.yaml or W&B)."""
+    key_env = os.environ.get("WANDB_API_KEY")
+
+    def walk(x: Any, key: str = "") -> Any:
+        if isinstance(x, dict):
+            return {k: walk(v, str(k)) for k, v in x.items()}
+        if isinstance(x, list):
+            return [walk(v, key) for v in x]
+        if x is not None and (_is_secret_key(key) or (key_env and x == key_env)):
+            return "***"
+        return x
+
+    return walk(obj)
 
 
 def default_run_name(resolved: dict) -> str:
@@ -87,7 +116,27 @@ def build_loggers(cfg: DictConfig, resolved: dict, run_dir: Path) -> list:
                 job_type=wcfg.get("job_type") or "train",
             )
         )
+        with _redacted_argv():  # W&B records the command line in its run metadata: no secrets there
+            _ = loggers[-1].experiment
     return loggers
+
+
+@contextlib.contextmanager
+def _redacted_argv():
+    saved = list(sys.argv)
+    key_env = os.environ.get("WANDB_API_KEY")
+
+    def clean(arg: str) -> str:
+        key, sep, value = arg.partition("=")
+        if sep and (_is_secret_key(key.lstrip("+~").rsplit(".", 1)[-1]) or (key_env and value == key_env)):
+            return f"{key}=***"
+        return arg
+
+    sys.argv[:] = [clean(a) for a in saved]
+    try:
+        yield
+    finally:
+        sys.argv[:] = saved
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, tokens_per_step: int, flops_per_token: float,
@@ -96,6 +145,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, tokens_per_step: int, flops_pe
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
     from smet.lightning.callbacks import SparsityCallback, StepProgressBar, ThroughputMonitor
+    from smet.lightning.strategy import build_strategy
+    from smet.lightning.checkpoint_io import AtomicCheckpointIO
 
     t = cfg.trainer
     accum = int(t.accumulate_grad_batches)
@@ -118,7 +169,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, tokens_per_step: int, flops_pe
         accelerator=accelerator,
         devices=t.devices,
         num_nodes=int(t.num_nodes),
-        strategy=t.get("strategy") or "auto",
+        strategy=build_strategy(t),
         precision=PRECISIONS[str(t.precision)],
         max_steps=int(t.max_steps),
         val_check_interval=int(t.val_every_n_steps) * accum,
@@ -133,6 +184,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, tokens_per_step: int, flops_pe
         enable_progress_bar=bar != "none",
         enable_model_summary=bool(t.get("model_summary", True)),
         default_root_dir=str(run_dir),
+        plugins=[AtomicCheckpointIO()] if "deepspeed" not in str(t.get("strategy") or "") else None,
         logger=loggers,
         callbacks=callbacks,
     )
@@ -141,9 +193,12 @@ def build_trainer(cfg: DictConfig, run_dir: Path, tokens_per_step: int, flops_pe
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Validate, build data/model/trainer, fit, print and return the summary."""
     validate(cfg)  # cheap checks first: bad input fails here, before any compute
+    if get(cfg, "data.global_batch_size") is not None:
+        cfg.trainer.accumulate_grad_batches = global_batch_layout(cfg)
     run_dir = check_output_dir(_output_dir(cfg))
     ckpt_path = resolve_ckpt_path(str(cfg.ckpt_path), run_dir) if cfg.get("ckpt_path") else None
     if ckpt_path:
+        check_resume_compatible(ckpt_path, cfg)
         log.info("resuming from %s", ckpt_path)
 
     _quiet_third_party()
@@ -167,6 +222,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if (resolved.get("logger") or {}).get("wandb"):
             resolved["logger"]["wandb"]["name"] = resolved["run_name"]
     resolved["data"]["vocab_size"] = dm.vocab_size
+    resolved = redact_secrets(resolved)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
 
     module = LMModule(resolved, vocab_size=dm.vocab_size)
@@ -175,8 +231,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         module.model.compile()
 
     loggers = build_loggers(cfg, resolved, run_dir)
-    world = (int(cfg.trainer.devices) if cfg.trainer.devices != "auto" else 1) * int(cfg.trainer.num_nodes)
-    tokens_per_step = int(cfg.data.batch_size) * int(cfg.data.seq_len) * int(cfg.trainer.accumulate_grad_batches) * world
+    tokens_per_step = (int(cfg.data.batch_size) * int(cfg.data.seq_len) * int(cfg.trainer.accumulate_grad_batches)
+                       * world_size(cfg))
     fpt = flops_per_token(mcfg)
     active_fpt = 6.0 * module.sparse.active_params_excluding_embedding() if module.sparse is not None else None
     trainer = build_trainer(cfg, run_dir, tokens_per_step, fpt, active_fpt, loggers, sparse=module.sparse is not None)
@@ -187,7 +243,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                  mcfg.hidden_size, n_params / 1e6, module.model.num_params(False) / 1e6, dm.vocab_size,
                  cfg.data.seq_len, run_dir)
     t0 = time.time()
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    fit_kwargs = {"weights_only": True} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, **fit_kwargs)
+    if module.nonfinite_stop is not None:
+        ck = run_dir / "checkpoints" / f"nonfinite-step{module.nonfinite_stop:07d}.ckpt"
+        trainer.save_checkpoint(str(ck))
+        print(f"smet: error: non-finite loss or gradients at step {module.nonfinite_stop}; stopped "
+              f"(trainer.on_nonfinite=stop). State before that step: {ck}", file=sys.stderr, flush=True)
+        sys.exit(3)
     if getattr(module, "last_val_step", None) != trainer.global_step:
         trainer.validate(module, datamodule=dm, verbose=False)
     wall = time.time() - t0
@@ -210,6 +273,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "update_ratio_regrown": _mean([r for _, r, _ in sc.update_ratios]) if sc else None,
         "update_ratio_mature": _mean([m for _, _, m in sc.update_ratios]) if sc else None,
         "static_bytes": _static_bytes(module, trainer),
+        "nonfinite_steps": [st for st, _ in module.nonfinite_events],
         "metrics_csv": str(run_dir / "metrics.csv"),
         "checkpoint_dir": str(run_dir / "checkpoints"),
         "wandb_dir": None,
@@ -267,6 +331,26 @@ def _print_summary(s: dict) -> None:
         lines.append(f"  W&B run:        {s['wandb_dir']}")
     lines.append(f"  summary:        {Path(s['run_dir']) / 'summary.json'}")
     print("\n".join(line for line in lines if line), flush=True)
+
+
+def precheck_output_dirs(argv: list[str]) -> None:
+    """Fail with one line (exit 2) when the run/sweep directory cannot be created: Hydra would
+    otherwise stop with a traceback. Checks ``hydra.run.dir`` / ``hydra.sweep.dir`` overrides, else
+    the default ``outputs/`` (or ``multirun/``) under the current directory."""
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    target = next((a.split("=", 1)[1] for a in argv if a.startswith(key + "=")), None)
+    path = Path(target if target and "${" not in target else ("multirun" if multirun else "outputs")).expanduser()
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    try:  # a real probe (root passes os.access checks even where nothing can be created, e.g. /proc)
+        os.rmdir(tempfile.mkdtemp(prefix=".smet-probe-", dir=probe))
+        return
+    except OSError:
+        print(f"smet: error: {key}: cannot create the output directory {path} ({probe} is not a writable "
+              "directory); pass a writable one, e.g. hydra.run.dir=/path/to/runs/NAME", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def main_with_errors(cfg: DictConfig) -> dict[str, Any] | None:

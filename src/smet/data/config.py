@@ -25,6 +25,7 @@ MAX_VOCAB = 2**31 - 1
 _TOP_KEYS = (
     "name", "source", "path", "text_field", "hub", "tokenizer", "seq_len", "batch_size",
     "val_fraction", "max_val_sequences", "num_workers", "seed", "cache_dir",
+    "global_batch_size",  # read by the trainer (gradient accumulation), not by the data module
 )
 _TOKENIZER_KEYS = ("kind", "vocab_size", "name")
 _HUB_KEYS = ("path", "name", "split", "val_split", "streaming")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -109,6 +112,14 @@ class SparsityCallback(L.Callback):
     mature weights (``sparsity/update_ratio_regrown`` / ``_mature``); ``spike_window`` (k) steps
     after: the loss-spike metric = mean train loss of the k steps after the update minus the mean
     of the k steps up to it (``sparsity/spike``).
+
+    Gradient accumulation / DDP: the RigL scoring request is made for the last micro-batch of an
+    update step only (Lightning's own accumulation decision, the micro-batch DDP synchronises), so
+    the cross-rank reduction of the dense gradient never runs inside ``no_sync``. With
+    ``sparsity.debug_check_masks`` the ranks' masks are compared at the start of training and after
+    every update (``smet.sparse.distributed``). ``SMET_DDP_TRACE=1`` (tests) writes one JSON line
+    per optimizer step to ``<run dir>/ddp_trace/rank<r>.jsonl``: micro-batch losses, parameter and
+    per-layer checksums, growth all-reduces issued.
     """
 
     def __init__(self, spike_window: int = 10, log_layer_density: bool = True):
@@ -120,17 +131,31 @@ class SparsityCallback(L.Callback):
         self._pending: list[int] = []
         self.spikes: list[tuple[int, float]] = []
         self.update_ratios: list[tuple[int, float, float]] = []
+        self._trace_path: Path | None = None
+        self._trace_losses: list[float] = []
+        self._trace_reduces = 0
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._last_step = trainer.global_step
+        ctrl = pl_module.sparse
+        if ctrl is not None and ctrl.cfg.debug_check_masks:
+            ctrl.check_ranks("at the start of training")
+        if os.environ.get("SMET_DDP_TRACE") and ctrl is not None:
+            from smet.sparse import distributed as sdist
+
+            self._trace_path = Path(trainer.default_root_dir) / "ddp_trace" / f"rank{trainer.global_rank}.jsonl"
+            self._trace_path.parent.mkdir(parents=True, exist_ok=True)
+            self._trace_reduces = sdist.growth_reduce_calls
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if pl_module.sparse is not None:
-            pl_module.sparse.before_step(trainer.global_step + 1)
+            pl_module.sparse.before_step(trainer.global_step + 1, score_growth=_last_micro_batch(trainer))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         ctrl = pl_module.sparse
         step = trainer.global_step
+        if self._trace_path is not None and pl_module.last_loss is not None:
+            self._trace_losses.append(float(pl_module.last_loss))
         if ctrl is None or step == self._last_step:  # no optimizer step yet (gradient accumulation)
             return
         self._last_step = step
@@ -144,7 +169,14 @@ class SparsityCallback(L.Callback):
             metrics["sparsity/update_ratio_mature"] = st.get("mature", float("nan"))
             self.update_ratios.append((step, metrics["sparsity/update_ratio_regrown"], metrics["sparsity/update_ratio_mature"]))
             opt.last_update_stats = {}
-        stats = ctrl.after_step(step)
+        trace = self._trace_begin(pl_module, step) if self._trace_path is not None else None
+        if getattr(pl_module, "skip_topology_update", False):  # non-finite gradients at this step
+            ctrl.before_step(step + 1)  # drop any RigL scoring request of the skipped step
+            stats = None
+        else:
+            stats = ctrl.after_step(step)
+        if trace is not None:
+            self._trace_end(trace, ctrl, bool(stats))
         if stats:
             metrics.update(stats)
             self._pending.append(step)
@@ -167,6 +199,36 @@ class SparsityCallback(L.Callback):
             # step = step - 1 matches Lightning's row for the batch that made optimizer step `step`
             for lg in trainer.loggers:
                 lg.log_metrics(metrics, step=step - 1)
+
+    # ----------------------------------------------------------- DDP trace (tests)
+    def _trace_begin(self, pl_module, step: int) -> dict:
+        from smet.sparse import distributed as sdist
+
+        params = list(pl_module.parameters())
+        return {"step": step, "losses": self._trace_losses,
+                # exact bits of every parameter after this optimizer step, before the topology update
+                "params": [int(sdist.tensor_checksum(p)) for p in params]}
+
+    def _trace_end(self, trace: dict, ctrl, updated: bool) -> None:
+        from smet.sparse import distributed as sdist
+
+        trace["update"] = updated
+        trace["layers"] = sdist.layer_checksums(ctrl.layers).cpu().tolist()  # after the update
+        trace["growth_reduces"] = sdist.growth_reduce_calls - self._trace_reduces
+        self._trace_reduces = sdist.growth_reduce_calls
+        self._trace_losses = []
+        with open(self._trace_path, "a") as f:
+            f.write(json.dumps(trace) + "\n")
+
+
+def _last_micro_batch(trainer) -> bool:
+    """True when the current batch ends an accumulation cycle (the optimizer steps after it and DDP
+    synchronises its backward): Lightning's own decision, valid from ``on_train_batch_start`` on."""
+    loop = getattr(trainer, "fit_loop", None)
+    should_accumulate = getattr(loop, "_should_accumulate", None)
+    if should_accumulate is None:  # pragma: no cover - other Lightning versions: score every micro-batch
+        return True
+    return not should_accumulate()
 
 
 class StepProgressBar(RichProgressBar):

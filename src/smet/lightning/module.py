@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -12,6 +13,36 @@ from omegaconf import DictConfig, OmegaConf
 from smet.models.llama import build_model
 from smet.optim import build_optimizer, lr_lambda
 from smet.sparse import attach_sparsity
+
+log = logging.getLogger("smet")
+
+
+def rng_state() -> dict:
+    """Python, NumPy, torch (and CUDA) RNG states in types torch.load(weights_only=True) accepts."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [kind, torch.from_numpy(keys.copy()), int(pos), int(has_gauss),
+                                                     float(cached)], "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    import random
+
+    import numpy as np
+
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _plain(cfg: Any) -> dict:
@@ -39,6 +70,11 @@ class LMModule(L.LightningModule):
             precision = str(cfg["trainer"].get("precision", "32"))
             self.sparse.set_dense_dtype(torch.bfloat16 if precision.startswith("bf16") else torch.float32)
         self.last_loss: torch.Tensor | None = None
+        # non-finite loss/gradients: skip the step (default), stop with a checkpoint, or off
+        self.nonfinite_policy = str(cfg["trainer"].get("on_nonfinite", "skip"))
+        self.nonfinite_events: list[tuple[int, str]] = []
+        self.nonfinite_stop: int | None = None
+        self.skip_topology_update = False
         self._val_sum = None
         self._val_count = None
         self.last_val_step: int | None = None
@@ -51,11 +87,38 @@ class LMModule(L.LightningModule):
         x, y = batch[:, :-1], batch[:, 1:]
         return self.model.loss(x, y)
 
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
         loss = self._loss(batch)
+        if self.nonfinite_policy != "off" and not bool(torch.isfinite(loss)):
+            self._nonfinite("loss", float(loss))
+            return None  # Lightning skips backward and the optimizer step of this batch
         self.last_loss = loss.detach()
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Non-finite gradients: drop them (the step updates nothing) and skip this step's topology update."""
+        self.skip_topology_update = False
+        if self.nonfinite_policy == "off":
+            return
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if not grads or bool(torch.stack(torch._foreach_norm(grads)).isfinite().all()):
+            return
+        self._nonfinite("gradient", float("nan"))
+        for p in self.model.parameters():
+            p.grad = None
+        self.skip_topology_update = True
+
+    def _nonfinite(self, what: str, value: float) -> None:
+        step = self.trainer.global_step + 1
+        self.nonfinite_events.append((step, what))
+        self.log("train/nonfinite_events", float(len(self.nonfinite_events)), on_step=True, on_epoch=False)
+        if self.nonfinite_policy == "stop":
+            self.nonfinite_stop = step
+            self.trainer.should_stop = True
+            log.error("non-finite %s (%s) at step %d: stopping (trainer.on_nonfinite=stop)", what, value, step)
+        else:
+            log.warning("non-finite %s (%s) at step %d: step skipped (trainer.on_nonfinite=skip)", what, value, step)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         opt = self.optimizers()
@@ -88,10 +151,13 @@ class LMModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.sparse is not None:
             checkpoint["smet_sparse"] = self.sparse.state_dict()
+        checkpoint["smet_rng"] = rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if self.sparse is not None and "smet_sparse" in checkpoint:
             self.sparse.load_state_dict(checkpoint["smet_sparse"])
+        if "smet_rng" in checkpoint:
+            set_rng_state(checkpoint["smet_rng"])
 
     # ----------------------------------------------------------------- optimizer
     def configure_optimizers(self):
