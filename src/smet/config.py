@@ -149,8 +149,14 @@ def check_sparsity(cfg: Mapping) -> None:
     check_sparsity_config(get(cfg, "sparsity", {}) or {}, get(cfg, "optimizer", {}) or {}, get(cfg, "model", {}) or {})
 
 
-CHECKS: list[Callable[[Mapping], None]] = [check_run, check_model, check_data, check_trainer, check_optimizer,
-                                          check_sparsity]
+def check_strategy(cfg: Mapping) -> None:
+    from smet.lightning.strategy import check_strategy_config
+
+    check_strategy_config(get(cfg, "trainer", {}) or {})
+
+
+CHECKS: list[Callable[[Mapping], None]] = [check_run, check_model, check_data, check_trainer, check_strategy,
+                                          check_optimizer, check_sparsity]
 
 
 def validate(cfg: Mapping) -> None:

@@ -89,7 +89,9 @@ class LMModule(L.LightningModule):
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
         loss = self._loss(batch)
-        if self.nonfinite_policy != "off" and not bool(torch.isfinite(loss)):
+        # all ranks agree (a rank that alone skipped backward would leave the others waiting in DDP)
+        if self.nonfinite_policy != "off" and not self.trainer.strategy.reduce_boolean_decision(
+                bool(torch.isfinite(loss)), all=True):
             self._nonfinite("loss", float(loss))
             return None  # Lightning skips backward and the optimizer step of this batch
         self.last_loss = loss.detach()

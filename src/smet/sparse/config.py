@@ -66,6 +66,9 @@ def check_sparsity_config(sp: Mapping, opt: Mapping, model: Mapping | None = Non
         v = sp.get(key)
         if not _num(v) or not 0.0 <= v < 1.0:
             raise SmetConfigError(f"sparsity.{key}", f"must be in [0, 1), got {v!r}")
+    dbg = sp.get("debug_check_masks", False)
+    if not isinstance(dbg, bool):
+        raise SmetConfigError("sparsity.debug_check_masks", f"must be true or false, got {dbg!r}")
     targets = sp.get("targets")
     if not targets or isinstance(targets, str):
         raise SmetConfigError("sparsity.targets", f"must be a non-empty list of module names, got {targets!r}")

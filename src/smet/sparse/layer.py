@@ -248,12 +248,19 @@ class SparseLinear(nn.Module):
         return out
 
     def _maybe_record_growth(self, gw: torch.Tensor) -> None:
-        """On RigL update steps: remember the ``growth_request`` inactive blocks of largest |grad|."""
+        """On RigL update steps: remember the ``growth_request`` inactive blocks of largest |grad|.
+
+        ``gw`` is this layer's dense weight gradient (a temporary of the backward; ``values.grad``
+        was already gathered from it). Under DDP ``grad_reduce_fn`` sums it over ranks first, in
+        fp32 and in place, so every rank ranks the same (global) gradient; see
+        ``smet.sparse.distributed``. At most one fp32 dense copy is alive (none for fp32 ``gw``).
+        """
         if self.growth_request <= 0:
             return
+        score = gw.detach().float()  # gw itself when fp32: it is not used after this call
         if self.grad_reduce_fn is not None:
-            self.grad_reduce_fn(gw)
-        score = gw.detach().float().abs()
+            self.grad_reduce_fn(score)
+        score = score.abs_()
         if self.block_size > 1:
             score = score.view(-1, self.block_size).sum(1)
         score = score.reshape(-1)

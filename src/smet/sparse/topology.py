@@ -14,6 +14,10 @@
 3. writes them into the freed slots with value 0 and tells the optimizer to reset their state.
 
 Counts per layer are constant under a constant density; tensor shapes never change.
+
+Under DDP every rank runs the same controller and picks the same topology by construction (seeded
+randomness, bit-identical values after the averaged step, RigL scores from the dense gradient summed
+over ranks): see ``smet.sparse.distributed``; ``debug_check_masks`` verifies it after each update.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from smet.sparse import distributed as sdist
 from smet.sparse.layer import SparseLinear
 from smet.sparse.schedules import DensitySchedule, DropSchedule, active_blocks, erk_densities
 
@@ -49,6 +54,7 @@ class SparsityConfig:
     drop_schedule: str = "cosine"
     density_schedule: dict = field(default_factory=lambda: {"kind": "constant"})
     spike_window: int = 10
+    debug_check_masks: bool = False  # DDP: all-gather per-layer checksums after each update, raise on mismatch
 
     @classmethod
     def from_mapping(cls, d: Mapping[str, Any]) -> "SparsityConfig":
@@ -137,11 +143,20 @@ class SparseController:
         return self._non_sparse_params + self.active_weights()
 
     # -------------------------------------------------------------- training
-    def before_step(self, step: int) -> None:
-        """Called before forward/backward of optimizer step ``step`` (RigL scoring requests)."""
+    def before_step(self, step: int, score_growth: bool = True) -> None:
+        """Called before forward/backward of optimizer step ``step`` (RigL scoring requests).
+
+        With gradient accumulation call it before every micro-batch, ``score_growth`` True only for
+        the last one: RigL then scores the dense gradient of that micro-batch, and under DDP the
+        cross-rank reduction of it (``smet.sparse.distributed``) happens in the one backward that
+        DDP synchronises anyway, never inside ``no_sync``.
+        """
         want = self.cfg.growth == "gradient" and self.is_update_step(step)
+        score = want and score_growth
+        reduce_fn = sdist.grad_all_reduce_fn() if score else None
         for layer in self.layers:
-            layer.growth_request = self._counts(layer, step)[1] if want else 0
+            layer.growth_request = self._counts(layer, step)[1] if score else 0
+            layer.grad_reduce_fn = reduce_fn
             if want:
                 layer.growth_candidates = None
         self._pending_growth = want
@@ -152,6 +167,7 @@ class SparseController:
         if self._pending_growth:
             for layer in self.layers:
                 layer.growth_request = 0
+                layer.grad_reduce_fn = None
             self._pending_growth = False
         if not self.is_update_step(step):
             return None
@@ -160,6 +176,8 @@ class SparseController:
         for li, layer in enumerate(self.layers):
             total_grown += self._update_layer(li, layer, step)
         self.update_count += 1
+        if self.cfg.debug_check_masks:
+            self.check_ranks(f"after topology update {self.update_count} (step {step})")
         return {
             "sparsity/update": float(self.update_count),
             "sparsity/regrown": float(total_grown),
@@ -216,6 +234,11 @@ class SparseController:
         if opt is not None and n_grow:
             opt.measure_next_step(layer.values, slots)
         return int(n_grow)
+
+    def check_ranks(self, when: str = "") -> None:
+        """Raise ``MaskMismatchError`` (on every rank) naming the first layer whose live count, mask
+        or values differ across the ranks of the default process group; no-op in one process."""
+        sdist.check_masks_identical(self.named_layers, when)
 
     # ----------------------------------------------------------- persistence
     def state_dict(self) -> dict:
