@@ -74,7 +74,7 @@ def test_every_data_preset(data, tmp_path):
 
 
 @pytest.mark.parametrize("combo", [("trainer=gpu",), ("logger=wandb",), ("sparsity/density_schedule=gradual",
-                                   "sparsity=smet")])
+                                   "sparsity=smet"), ("trainer=ddp",), ("trainer=ddp_cpu",), ("trainer=deepspeed",)])
 def test_other_groups(combo):
     cfg = compose_cfg(*combo)
     validate(cfg)
@@ -112,6 +112,8 @@ def test_every_experiment_composes(experiment):
     ("data.seq_len=0", "data.seq_len"),
     ("model.num_heads=5", "model.num_heads"),
     ("ckpt_path=/nonexistent/x.ckpt", "ckpt_path"),
+    ("trainer=deepspeed", "trainer.strategy"),  # SMET with ZeRO partitions is refused, with the reason
+    ("data.global_batch_size=30", "data.global_batch_size"),
 ])
 def test_bad_values_name_their_key(override, key):
     base = ["sparsity=smet"]

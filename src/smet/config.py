@@ -150,9 +150,10 @@ def check_sparsity(cfg: Mapping) -> None:
 
 
 def check_strategy(cfg: Mapping) -> None:
-    from smet.lightning.strategy import check_strategy_config
+    from smet.lightning.strategy import check_deepspeed_sparsity, check_strategy_config
 
     check_strategy_config(get(cfg, "trainer", {}) or {})
+    check_deepspeed_sparsity(str(get(cfg, "trainer.strategy", "auto")), str(get(cfg, "sparsity.method", "dense")))
 
 
 CHECKS: list[Callable[[Mapping], None]] = [check_run, check_model, check_data, check_trainer, check_strategy,

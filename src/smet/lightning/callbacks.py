@@ -56,6 +56,7 @@ class ThroughputMonitor(L.Callback):
         self._t0: float | None = None
         self._step0 = 0
         self.last_tokens_per_s: float | None = None
+        self.peak_mem_gib: float | None = None
         self._rates: list[float] = []
 
     def _sync(self, pl_module) -> None:
@@ -86,7 +87,7 @@ class ThroughputMonitor(L.Callback):
         self._rates.append(rate)
         metrics = {"perf/tokens_per_s": rate}
         if pl_module.device.type == "cuda":
-            metrics["perf/peak_mem_gib"] = torch.cuda.max_memory_allocated(pl_module.device) / 2**30
+            metrics["perf/peak_mem_gib"] = self.peak_mem_gib = torch.cuda.max_memory_allocated(pl_module.device) / 2**30
             metrics["perf/peak_reserved_gib"] = torch.cuda.max_memory_reserved(pl_module.device) / 2**30
             if self.peak_flops:
                 world = trainer.world_size

@@ -78,6 +78,22 @@ def check_strategy_config(t: Mapping) -> None:
         raise SmetConfigError("trainer.strategy", f"must be a strategy name (auto, ddp, ...), got {name!r}")
     if name == "ddp":
         ddp_options(t)
+    if name.startswith("deepspeed") and name not in DEEPSPEED_STRATEGIES:
+        raise SmetConfigError("trainer.strategy", f"unsupported DeepSpeed strategy {name!r}; choose "
+                                                  f"{' or '.join(DEEPSPEED_STRATEGIES)}")
+
+
+DEEPSPEED_STRATEGIES = ("deepspeed_stage_1", "deepspeed_stage_2")
+
+
+def check_deepspeed_sparsity(strategy: str, method: str) -> None:
+    """ZeRO partitions flatten parameters and step the optimizer on flat fp32 shards: the SMET
+    optimizer's per-weight local steps, regrowth resets and per-layer blocks cannot survive that."""
+    if str(strategy).startswith("deepspeed") and method != "dense":
+        raise SmetConfigError("trainer.strategy", f"DeepSpeed ZeRO supports the dense baseline only (sparsity=dense); "
+                                                  f"sparsity={method} keeps per-weight optimizer state (local steps, "
+                                                  "regrowth resets) that ZeRO's flat partitions lose. Use trainer=ddp "
+                                                  "for sparse runs")
 
 
 def build_strategy(t: Mapping):
