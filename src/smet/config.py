@@ -191,6 +191,8 @@ def resolve_ckpt_path(ckpt: str, run_dir: str | os.PathLike | None = None) -> st
     if ckpt == "auto":
         return pick(Path(run_dir), required=False) if run_dir is not None and Path(run_dir).is_dir() else None
     p = Path(os.path.expanduser(ckpt))
+    if p.is_dir() and (p / "latest").is_file():  # a DeepSpeed checkpoint is itself a directory
+        return str(p)
     if p.is_dir():
         return pick(p, required=True)
     if not p.is_file():
@@ -212,6 +214,8 @@ def check_resume_compatible(ckpt_path: str, cfg: Mapping) -> None:
     """Refuse a checkpoint written by a different model or sparsity layout, naming the key."""
     from smet.lightning.checkpoint_io import read_hparams
 
+    if Path(ckpt_path).is_dir():  # DeepSpeed checkpoint directory: Lightning checks it while loading
+        return
     saved = (read_hparams(ckpt_path).get("cfg") or {})
     if not saved:
         return

@@ -43,6 +43,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def checkpoint_problem(path: str | os.PathLike) -> str | None:
     """None when ``path`` is an intact torch checkpoint, else a short description of what is wrong."""
     p = Path(path)
+    if p.is_dir():  # a DeepSpeed checkpoint directory: DeepSpeed validates its own shards
+        return None if (p / "latest").is_file() else "directory without a DeepSpeed 'latest' file"
     try:
         if p.stat().st_size == 0:
             return "empty file"
@@ -63,7 +65,8 @@ def candidates(run_dir: str | os.PathLike) -> list[Path]:
     """Checkpoints of a run directory, newest first: last.ckpt, step checkpoints, Lightning hpc ones."""
     root = Path(run_dir)
     found = [*root.glob("checkpoints/*.ckpt"), *root.glob("hpc_ckpt_*.ckpt")]
-    return sorted((p for p in found if p.is_file()), key=lambda p: p.stat().st_mtime, reverse=True)
+    usable = [p for p in found if p.is_file() or (p / "latest").is_file()]  # DeepSpeed: a directory
+    return sorted(usable, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
 def newest_intact(run_dir: str | os.PathLike) -> tuple[Path | None, list[tuple[Path, str]]]:
