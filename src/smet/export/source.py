@@ -16,12 +16,13 @@ import os
 import pickle
 import re
 import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from smet.lightning.checkpoint_io import checkpoint_problem
 
 log = logging.getLogger("smet.export")
 
@@ -69,26 +70,12 @@ def run_dir_of(ckpt: Path) -> Path:
     return parent.parent if parent.name == "checkpoints" else parent
 
 
-def _zip_problem(p: Path) -> str | None:
-    try:
-        if p.stat().st_size == 0:
-            return "empty file"
-        with zipfile.ZipFile(p) as z:
-            bad = z.testzip()  # CRC of every member: a torn or bit-flipped file is caught here
-            if bad is not None:
-                return f"corrupt member {bad}"
-            if not any(n.endswith("data.pkl") for n in z.namelist()):
-                return "not a torch checkpoint (no data.pkl)"
-    except zipfile.BadZipFile:
-        return "truncated, corrupt or not a zip-format torch checkpoint"
-    except OSError as e:
-        return e.strerror or str(e)
-    return None
-
-
 def load_checkpoint(path: Path) -> dict:
     """``torch.load`` (memory-mapped, ``weights_only`` first) after an integrity check."""
-    problem = _zip_problem(path)
+    if path.is_dir():
+        raise ExportError(f"{path}: a DeepSpeed checkpoint directory; convert it first with Lightning's "
+                          "convert_zero_checkpoint_to_fp32_state_dict (DeepSpeed runs are dense)")
+    problem = checkpoint_problem(path)
     if problem is not None:
         raise ExportError(f"{path}: cannot read checkpoint ({problem})")
     try:
