@@ -112,7 +112,9 @@ def test_every_experiment_composes(experiment):
     ("data.seq_len=0", "data.seq_len"),
     ("model.num_heads=5", "model.num_heads"),
     ("ckpt_path=/nonexistent/x.ckpt", "ckpt_path"),
-    ("trainer=deepspeed", "trainer.strategy"),  # SMET with ZeRO partitions is refused, with the reason
+    ("trainer=deepspeed", "trainer.strategy"),
+    ("sparsity.method=magic", "sparsity.method"),
+    ("sparsity.drop_fraction=-0.1", "sparsity.drop_fraction"),  # SMET with ZeRO partitions is refused, with the reason
     ("data.global_batch_size=30", "data.global_batch_size"),
 ])
 def test_bad_values_name_their_key(override, key):
@@ -121,3 +123,10 @@ def test_bad_values_name_their_key(override, key):
         validate(compose_cfg(*base, override))
     assert err.value.key == key
     assert str(err.value).startswith(key)
+
+
+def test_gradual_schedule_initial_density_out_of_range():
+    with pytest.raises(SmetConfigError) as err:
+        validate(compose_cfg("sparsity=smet", "sparsity/density_schedule=gradual",
+                             "sparsity.density_schedule.initial=1.5"))
+    assert err.value.key == "sparsity.density_schedule.initial"

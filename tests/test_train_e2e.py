@@ -131,6 +131,7 @@ def test_ckpt_path_auto_resumes_its_own_run_dir(run_train, tmp_path):
     ("data=local_files", "data.path"),
     ("data=c4", "data.source"),
     ("model=no_such_model", "model"),
+    ("data=no_such_data", "data"),
     ("+experiment=paper_llama130m", "network"),
     ("+experiment=paper_llama240m_fig1", "network"),
 ])
