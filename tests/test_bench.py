@@ -63,3 +63,20 @@ def test_bench_bad_density_exit_2(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--density" in r.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def test_bench_profile_phases(tmp_path):
+    from smet.cli.bench import main
+
+    out, prof = tmp_path / "b.json", tmp_path / "prof"
+    rc = main(["--device", "cpu", "--model", "tiny", "--steps", "2", "--warmup-steps", "1", "--batch", "2",
+               "--seq-len", "32", "--method", "dense", "smet", "--density", "0.5", "--profile", str(prof),
+               "--out", str(out)])
+    assert rc == 0
+    records = json.loads(out.read_text())
+    for rec in records:
+        phases = rec["profile"]["phases_per_step"]
+        assert {"forward", "backward", "optimizer"} <= set(phases)
+        assert all(v["host_ms"] > 0 for v in phases.values())
+    assert sorted(p.name for p in prof.iterdir()) == ["dense.txt", "smet_d_0.5_transient.txt"]
+    assert "aten::" in (prof / "dense.txt").read_text()

@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0, help="seed of model init, masks and data (default: 0)")
     p.add_argument("--out", type=Path, default=None, help="write the JSON records here")
+    p.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                   help="also profile 2 steps per combination with torch.profiler: DIR/<combination>.txt (top ops "
+                        "by device and host time) and the per-phase times / kernel counts in the JSON records")
     return p
 
 
@@ -142,10 +145,12 @@ class Run:
         update = ctrl is not None and ctrl.is_update_step(s)
         if ctrl is not None:
             ctrl.before_step(s)
-        with self.autocast:
+        with _phase("smet/forward"), self.autocast:
             loss = self.model.loss(x, y)
-        loss.backward()
-        self.opt.step()
+        with _phase("smet/backward"):
+            loss.backward()
+        with _phase("smet/optimizer"):
+            self.opt.step()
         stat = None
         if measure:
             from smet.sparse.memory import measure_static
@@ -157,6 +162,42 @@ class Run:
         if measure:
             self.last_loss = float(loss.detach())
         return update, stat
+
+
+def _phase(name: str):
+    """A profiler range (free when no profiler is running)."""
+    import torch
+
+    return torch.profiler.record_function(name)
+
+
+def profile_run(run: "Run", data, out_dir: Path, label: str) -> dict[str, Any]:
+    """Profile 2 steady steps: per-phase wall/device time, kernel launches, top ops -> a text table."""
+    import torch
+
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if run.device.type == "cuda":
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    for _ in range(2):
+        _timed_step(run, data)
+    _sync(run.device)
+    with torch.profiler.profile(activities=acts) as prof:
+        for _ in range(2):
+            _timed_step(run, data)
+        _sync(run.device)
+    events = prof.key_averages()
+    phases: dict[str, dict[str, float]] = {}
+    for e in events:
+        if e.key.startswith("smet/"):
+            phases[e.key[5:]] = {"host_ms": e.cpu_time_total / 1000 / 2,
+                                 "device_ms": getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0)) / 1000 / 2}
+    kernels = sum(e.count for e in events if getattr(e, "device_type", None) is not None
+                  and str(e.device_type).endswith("CUDA") and e.key and not e.key.startswith("smet/")) / 2
+    sort_key = "self_cuda_time_total" if run.device.type == "cuda" else "self_cpu_time_total"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in label)
+    (out_dir / f"{safe}.txt").write_text(events.table(sort_by=sort_key, row_limit=40))
+    return {"phases_per_step": phases, "device_ops_per_step": kernels}
 
 
 def _sync(device) -> None:
@@ -271,8 +312,19 @@ def run_bench(args, model_cfg: dict, log=sys.stderr) -> list[dict[str, Any]]:
                 _timed_step(run, data)
             res[ci]["peak"] = torch.cuda.max_memory_allocated(device)
             del run
+    profiles = [None] * len(combos)
+    if args.profile is not None:
+        for ci, combo in enumerate(combos):
+            gc.collect()
+            run = Run(combo, args, model_cfg, args.warmup_steps + 8)
+            profiles[ci] = profile_run(run, data, args.profile, _label(combo))
+            print(f"[smet-bench] profile {_label(combo)}: {profiles[ci]}", file=log, flush=True)
+            del run
     tokens = args.batch * args.seq_len
     records = [_record(c, o, args, model_cfg, tokens) for c, o in zip(combos, res)]
+    for rec, prof in zip(records, profiles):
+        if prof is not None:
+            rec["profile"] = prof
     _paired(records, res, combos)
     return records
 
