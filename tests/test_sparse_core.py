@@ -33,9 +33,10 @@ def batch(seed: int = 0, b: int = 4, t: int = 16, vocab: int = 128) -> torch.Ten
     return torch.randint(0, vocab, (b, t + 1), generator=g)
 
 
-def train_steps(model, opt, ctrl, n, start=1, data_seed=0, losses=None):
+def train_steps(model, opt, ctrl, n, start=1, data_seed=0, losses=None, fixed_batch=None):
+    """n optimizer steps of the plain-PyTorch loop; a fresh batch per step unless ``fixed_batch``."""
     for s in range(start, start + n):
-        x = batch(data_seed + s, vocab=model.config.vocab_size)
+        x = fixed_batch if fixed_batch is not None else batch(data_seed + s, vocab=model.config.vocab_size)
         ctrl.before_step(s)
         loss = model.loss(x[:, :-1], x[:, 1:])
         loss.backward()
@@ -441,16 +442,7 @@ def test_sparse_model_trains_and_persistent_matches_transient(materialize):
         ctrl = attach_sparsity(model, {"method": "smet", "density": 0.5, "materialize": mode, "update_interval": 4},
                                total_steps=40, seed=1)
         opt = build_smet_optimizer(model, {**SMET_OPT, "regrowth_warmup_steps": 2}, ctrl)
-        x = batch(0, b=8)
-        losses = []
-        for s in range(1, 25):
-            ctrl.before_step(s)
-            loss = model.loss(x[:, :-1], x[:, 1:])
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            ctrl.after_step(s)
-            losses.append(float(loss))
+        losses = [float(v) for v in train_steps(model, opt, ctrl, 24, losses=[], fixed_batch=batch(0, b=8))]
         results[mode] = losses
         assert losses[-1] < losses[0] - 0.5  # it learns (memorises one batch)
     torch.testing.assert_close(torch.tensor(results["transient"]), torch.tensor(results[materialize]), rtol=1e-4, atol=1e-4)

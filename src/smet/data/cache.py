@@ -12,11 +12,12 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
+
+from smet.atomic import atomic_write
 
 try:  # POSIX only; elsewhere the lock degrades to a no-op (atomic writes still hold)
     import fcntl
@@ -51,36 +52,8 @@ def stable_unit_hash(key: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-# mkstemp creates 0600 files; cache files get the usual permissions so a shared cache works.
-_FILE_MODE = 0o666 & ~_current_umask()
-
-
-def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
-    """Write through ``write(file)`` to a temp file next to ``path``, fsync, then rename over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    _atomic_write(path, lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -92,7 +65,7 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
-    _atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False))
+    atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False))
 
 
 @contextlib.contextmanager

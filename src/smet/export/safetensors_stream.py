@@ -15,10 +15,11 @@ import math
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 import torch
+
+from smet.atomic import atomic_write
 
 DTYPE_CODES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -74,26 +75,19 @@ def write_safetensors(path: str | os.PathLike, entries: Iterable[Entry],
         raise ValueError("duplicate tensor names")
     entries.sort(key=lambda e: -torch.empty((), dtype=e.dtype).element_size())  # stable
     header = _header(entries, metadata)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(header)
-            for e in entries:
-                t = e.produce()
-                if t.dtype != e.dtype or tuple(t.shape) != tuple(e.shape):
-                    raise RuntimeError(f"{e.name}: produced {t.dtype} {tuple(t.shape)}, declared "
-                                       f"{e.dtype} {tuple(e.shape)}")
-                t = t.detach().to("cpu").contiguous()
-                if t.numel():
-                    f.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
-                del t
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    def write(f) -> None:
+        f.write(header)
+        for e in entries:
+            t = e.produce()
+            if t.dtype != e.dtype or tuple(t.shape) != tuple(e.shape):
+                raise RuntimeError(f"{e.name}: produced {t.dtype} {tuple(t.shape)}, declared "
+                                   f"{e.dtype} {tuple(e.shape)}")
+            t = t.detach().to("cpu").contiguous()
+            if t.numel():
+                f.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+            del t
+
+    path = atomic_write(path, write)
     return path.stat().st_size
 
 

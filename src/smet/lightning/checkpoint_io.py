@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io.torch_plugin import TorchCheckpointIO
 
+from smet.atomic import atomic_write
+
 log = logging.getLogger("smet")
 
 
@@ -26,18 +28,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO does not take storage_options")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        atomic_write(path, lambda f: torch.save(checkpoint, f))
 
 
 def checkpoint_problem(path: str | os.PathLike) -> str | None:
