@@ -428,10 +428,29 @@ def test_optimizer_and_controller_state_dict_round_trip_bit_identical():
     model2.load_state_dict(snap[0])
     opt2.load_state_dict(snap[1])
     ctrl2.load_state_dict(snap[2])
+    # local steps stay int16 through the round trip (torch's loader would make them fp32: 2x the bytes)
+    lts = [st["local_step"] for st in opt2.state.values() if "local_step" in st]
+    assert lts and all(lt.dtype == torch.int16 for lt in lts)
     resumed = train_steps(model2, opt2, ctrl2, 8, start=8, losses=[])
     assert all(torch.equal(a, b) for a, b in zip(cont, resumed))
     for a, b in zip(ctrl.layers, ctrl2.layers):
         assert torch.equal(a.idx, b.idx) and torch.equal(a.values, b.values)
+
+
+def test_local_steps_keep_int16_bits_through_state_dict_of_bf16_params():
+    p = torch.nn.Parameter(torch.zeros(8, dtype=torch.bfloat16))
+    opt = SMETOptimizer([{"params": [p], "sparse": True, "block_size": 1}], lr=1e-3, regrowth_warmup_steps=10)
+    p.grad = torch.ones_like(p)
+    opt.step()
+    counts = torch.tensor([1, 255, 257, 300, 1001, 4097, 17000, opt.step_cap], dtype=torch.int16)
+    opt.state[p]["local_step"].copy_(counts)
+    sd = copy.deepcopy(opt.state_dict())
+    q = torch.nn.Parameter(torch.zeros(8, dtype=torch.bfloat16))
+    opt2 = SMETOptimizer([{"params": [q], "sparse": True, "block_size": 1}], lr=1e-3, regrowth_warmup_steps=10)
+    opt2.load_state_dict(sd)
+    lt = opt2.state[q]["local_step"]
+    assert lt.dtype == torch.int16 and torch.equal(lt, counts)
+    assert opt2.state[q]["exp_avg"].dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("materialize", ["transient", "persistent"])

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from smet.sparse import kernels
+
 INDEX_DTYPE = torch.int32
 
 
@@ -234,12 +236,16 @@ class SparseLinear(nn.Module):
     def _scatter_dense(self, values: torch.Tensor, bidx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Dense (n_blocks, b) weight with the active blocks written in (int32 ids, no int64 copy)."""
         b = self.block_size
+        if kernels.usable(values):
+            return kernels.scatter_dense(values, bidx, self.n_blocks_total, b, dtype)
         w = torch.zeros(self.n_blocks_total, b, dtype=dtype, device=values.device)
         n = bidx.numel()
         w[bidx] = values[: n * b].view(n, b).to(dtype)
         return w
 
     def _gather_grad(self, gw: torch.Tensor, bidx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        if kernels.usable(gw):
+            return kernels.gather_grad(gw, bidx, values.numel(), self.block_size, values.dtype)
         g = gw.reshape(self.n_blocks_total, self.block_size).index_select(0, bidx).reshape(-1).to(values.dtype)
         if g.numel() == values.numel():
             return g

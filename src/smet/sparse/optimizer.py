@@ -34,6 +34,8 @@ from typing import Iterable
 import torch
 from torch.optim.adamw import adamw as _functional_adamw
 
+from smet.sparse import kernels
+
 FP32_HALF_ULP_1 = 2.0**-25  # 1 - x rounds to 1.0f for x below this
 
 
@@ -127,6 +129,19 @@ class SMETOptimizer(torch.optim.Optimizer):
             x.zero_()
             x[:n] = kept
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """As ``torch.optim.Optimizer``'s, but local steps keep their integer dtype and bits (the base
+        class casts every non-``step`` state tensor to the parameter's float dtype: bf16 cannot even
+        hold the counts above 256)."""
+        saved = {pid: st["local_step"] for pid, st in state_dict["state"].items() if "local_step" in st}
+        super().load_state_dict(state_dict)
+        ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        by_id = dict(zip(ids, params))
+        for pid, lt in saved.items():
+            p = by_id[pid]
+            self.state[p]["local_step"] = lt.to(device=p.device, dtype=self.local_step_dtype, copy=True)
+
     def measure_next_step(self, p: torch.nn.Parameter, regrown_slots: torch.Tensor) -> None:
         """Record mean |update| / lr of regrown vs mature slots of ``p`` at the next step."""
         self._measure[p] = regrown_slots
@@ -176,29 +191,88 @@ class SMETOptimizer(torch.optim.Optimizer):
                           fused=use_fused or None, amsgrad=False, beta1=b1, beta2=b2, lr=group["lr"],
                           weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
 
+    def _bc_table(self, device: torch.device, b1: float, b2: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1 - b1^t, 1 - b2^t) for t = 0..step_cap as fp32, computed in float64 and rounded once."""
+        key = (b1, b2, device)
+        tabs = self._bc_tables.get(key)
+        if tabs is None:
+            t = torch.arange(self.step_cap + 1, dtype=torch.float64, device=device)
+            tabs = ((1.0 - torch.pow(b1, t)).float(), (1.0 - torch.pow(b2, t)).float())
+            self._bc_tables[key] = tabs
+        return tabs
+
     def _bias_corrections(self, lt: torch.Tensor, b1: float, b2: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(1 - b1^t, 1 - b2^t) per slot as (slots, 1) fp32, computed in float64 and rounded once.
 
         With int16 local steps a lookup table over t = 0..cap replaces the per-step pow (same bits).
         """
         if lt.dtype == torch.int16:
-            key = (b1, b2, lt.device)
-            tabs = self._bc_tables.get(key)
-            if tabs is None:
-                t = torch.arange(self.step_cap + 1, dtype=torch.float64, device=lt.device)
-                tabs = ((1.0 - torch.pow(b1, t)).float(), (1.0 - torch.pow(b2, t)).float())
-                self._bc_tables[key] = tabs
+            tab1, tab2 = self._bc_table(lt.device, b1, b2)
             i = lt.int()
-            return tabs[0][i].unsqueeze(1), tabs[1][i].unsqueeze(1)
+            return tab1[i].unsqueeze(1), tab2[i].unsqueeze(1)
         t64 = lt.to(torch.float64).unsqueeze(1)
         return (1.0 - torch.pow(b1, t64)).float(), (1.0 - torch.pow(b2, t64)).float()
 
+    def _fused_ok(self, p: torch.Tensor, st: dict) -> bool:
+        """Whether the fused kernel (``smet.sparse.kernels``) can do this parameter's update."""
+        if not kernels.usable(p):
+            return False
+        lt = st.get("local_step")
+        if lt is not None and lt.dtype != torch.int16:
+            return False
+        g = p.grad
+        return (g.device == p.device and g.dtype == p.dtype and g.is_contiguous() and p.is_contiguous()
+                and st["exp_avg"].is_contiguous() and st["exp_avg_sq"].is_contiguous())
+
+    def _fused_sparse_update(self, p: torch.nn.Parameter, group: dict, st: dict) -> None:
+        b1, b2 = group["betas"]
+        T = st["step"]
+        lt = st.get("local_step")
+        ramp = self.warmup_shape if (lt is not None and self.regrowth_warmup_steps > 0) else "none"
+        layer = self._layers.get(p)
+        dense = layer.dense if layer is not None else None
+        if dense is not None and not dense.is_contiguous():
+            dense = None
+        kernels.smet_adam_update(
+            p, p.grad, st["exp_avg"], st["exp_avg_sq"], lt,
+            self._bc_table(p.device, b1, b2) if self.reset_local_step else None,
+            lr=group["lr"], weight_decay=group["weight_decay"], beta1=b1, beta2=b2, eps=group["eps"],
+            bias_corrections=None if self.reset_local_step else (1.0 - b1**T, 1.0 - b2**T),
+            block_size=group["block_size"], ramp=ramp, warmup_steps=self.regrowth_warmup_steps,
+            regrown_below=min(T, self.step_cap), step_cap=self.step_cap,
+            dense=dense, idx=layer.idx if dense is not None else None, n_live=layer.n_live if layer is not None else 0)
+        if layer is not None and dense is None:
+            layer.sync_dense_values()
+
     def _sparse_update(self, p: torch.nn.Parameter, group: dict, stats: dict) -> None:
+        st = self._sparse_state(p, group)
+        st["step"] += 1
+        b = group["block_size"]
+        measure = p in self._measure
+        old = p.detach().view(-1, b).float().clone() if measure else None
+        if self._fused_ok(p, st):
+            self._fused_sparse_update(p, group, st)
+        else:
+            self._reference_sparse_update(p, group, st)
+        layer = self._layers.get(p)
+        if measure:
+            delta = (p.detach().view(-1, b).float() - old).abs().mean(1) / group["lr"]
+            slots = self._measure[p]
+            live = layer.n_live if layer is not None else delta.shape[0]
+            is_regrown = torch.zeros(delta.shape[0], dtype=torch.bool, device=delta.device)
+            is_regrown[slots] = True
+            is_regrown = is_regrown[:live]
+            d = delta[:live]
+            if is_regrown.any():
+                stats["regrown"].append(float(d[is_regrown].mean()))
+            if (~is_regrown).any():
+                stats["mature"].append(float(d[~is_regrown].mean()))
+
+    def _reference_sparse_update(self, p: torch.nn.Parameter, group: dict, st: dict) -> None:
+        """The update in plain PyTorch ops (CPU, and wherever the fused kernel does not apply)."""
         b = group["block_size"]
         b1, b2 = group["betas"]
         lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
-        st = self._sparse_state(p, group)
-        st["step"] += 1
         T = st["step"]
         g = p.grad.view(-1, b)
         m, v = st["exp_avg"].view(-1, b), st["exp_avg_sq"].view(-1, b)
@@ -231,8 +305,6 @@ class SMETOptimizer(torch.optim.Optimizer):
             upd = (m.float() / bc1).div_(denom)
         step_lr = lr if ramp is None else ramp * lr  # python float or (slots, 1) tensor
         pv = p.view(-1, b)
-        measure = p in self._measure
-        old = pv.detach().float().clone() if measure else None
         if wd != 0.0:
             pv.mul_((1.0 - step_lr * wd) if ramp is None else (1.0 - step_lr * wd).to(pv.dtype))
         if ramp is None:
@@ -240,18 +312,6 @@ class SMETOptimizer(torch.optim.Optimizer):
         else:
             pv.sub_((upd * step_lr).to(pv.dtype))
         layer = self._layers.get(p)
-        if measure:
-            delta = (pv.float() - old).abs().mean(1) / lr
-            slots = self._measure[p]
-            live = layer.n_live if layer is not None else delta.shape[0]
-            is_regrown = torch.zeros(delta.shape[0], dtype=torch.bool, device=delta.device)
-            is_regrown[slots] = True
-            is_regrown = is_regrown[:live]
-            d = delta[:live]
-            if is_regrown.any():
-                stats["regrown"].append(float(d[is_regrown].mean()))
-            if (~is_regrown).any():
-                stats["mature"].append(float(d[~is_regrown].mean()))
         if layer is not None:
             layer.sync_dense_values()
 

@@ -1,0 +1,195 @@
+"""Fused Triton kernels for the compact sparse layer and the SMET optimizer (CUDA fast path).
+
+Each compact layer would otherwise cost a few dozen small elementwise kernels per step (moment
+updates, local-step bookkeeping, warm-up ramp, bias-correction lookups, dtype casts, index
+conversion, scatter/gather). On a GPU those launches, not the GEMMs, set the step time. Three
+kernels replace them, one launch each per layer:
+
+* :func:`scatter_dense`  - dense (n_blocks * b) weight in the compute dtype with the active values
+  written at their int32 block ids (a memset plus one kernel; no int64 index copy);
+* :func:`gather_grad`    - the compact gradient: the dense weight gradient read at the active
+  positions, cast to the values' dtype, zero for free slots (one kernel);
+* :func:`smet_adam_update` - the whole per-slot SMET update of section 3 of the method (moments,
+  saturating int16 local step, linear or momentum warm-up of regrown slots, per-slot bias
+  corrections from the exact fp32 table, decoupled weight decay, value update) and, for the
+  ``persistent`` mode, the write of the new values into the dense compute copy (one kernel).
+
+The math and every rounding to a storage dtype follow the PyTorch reference path in
+``smet.sparse.optimizer`` / ``smet.sparse.layer`` (fp32 arithmetic, IEEE-rounded division and
+square root); results agree with it to fp32 rounding (tests compare both, on CPU through Triton's
+interpreter and on CUDA). The reference path stays in use where these kernels do not apply: CPU
+tensors, no Triton, under ``torch.compile`` tracing (Inductor fuses the reference ops itself),
+int32 local steps, and the optimizer step that measures regrown vs mature update sizes.
+Set ``SMET_TRITON=0`` to force the reference path everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:  # Triton ships with CUDA builds of PyTorch; CPU-only installs do without it
+    import triton
+    import triton.language as tl
+except Exception:  # pragma: no cover - depends on the installation
+    triton = None
+    tl = None
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+BLOCK = 1024
+
+
+def available() -> bool:
+    return triton is not None and os.environ.get("SMET_TRITON", "1") != "0"
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """Whether the fused kernels run for these tensors (CUDA, or CPU under TRITON_INTERPRET=1)."""
+    if not available():
+        return False
+    if _compiling():
+        return False
+    if INTERPRET:
+        return True
+    return all(t.is_cuda for t in tensors)
+
+
+def _compiling() -> bool:
+    try:
+        return bool(torch.compiler.is_compiling())
+    except Exception:  # pragma: no cover
+        return False
+
+
+if triton is not None:
+
+    @triton.jit
+    def _scatter_kernel(vals_ptr, bidx_ptr, out_ptr, n_elem, B: tl.constexpr, BLOCK_SIZE: tl.constexpr):
+        offs = tl.program_id(0).to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        mask = offs < n_elem
+        blk = tl.load(bidx_ptr + offs // B, mask=mask, other=0).to(tl.int64)
+        x = tl.load(vals_ptr + offs, mask=mask, other=0.0)
+        tl.store(out_ptr + blk * B + offs % B, x.to(out_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _gather_kernel(gw_ptr, bidx_ptr, out_ptr, n_live_elem, n_elem, B: tl.constexpr, BLOCK_SIZE: tl.constexpr):
+        offs = tl.program_id(0).to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        live = offs < n_live_elem
+        blk = tl.load(bidx_ptr + offs // B, mask=live, other=0).to(tl.int64)
+        g = tl.load(gw_ptr + blk * B + offs % B, mask=live, other=0.0)
+        tl.store(out_ptr + offs, g.to(out_ptr.dtype.element_ty), mask=offs < n_elem)
+
+    @triton.jit
+    def _smet_adam_kernel(p_ptr, g_ptr, m_ptr, v_ptr, lt_ptr, tab1_ptr, tab2_ptr, idx_ptr, dense_ptr,
+                          n_elem, n_live_elem, lr, wd, b1, b2, eps, bc1_s, bc2_s, w_f, regrown_below, step_cap,
+                          B: tl.constexpr, HAS_LT: tl.constexpr, PER_SLOT_BC: tl.constexpr, RAMP: tl.constexpr,
+                          HAS_WD: tl.constexpr, HAS_DENSE: tl.constexpr, BLOCK_SIZE: tl.constexpr):
+        # RAMP: 0 none, 1 linear (scales the step), 2 momentum (damps the first moment)
+        offs = tl.program_id(0).to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        mask = offs < n_elem
+        slot = offs // B
+        pdt = p_ptr.dtype.element_ty
+        mdt = m_ptr.dtype.element_ty
+        g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        # m.mul_(b1).add_(g, alpha=1 - b1); v.mul_(b2).addcmul_(g, g, value=1 - b2): round to storage each op
+        m = (m * b1).to(mdt).to(tl.float32)
+        m = (m + (1.0 - b1) * g).to(mdt).to(tl.float32)
+        v = (v * b2).to(mdt).to(tl.float32)
+        v = (v + (1.0 - b2) * (g * g)).to(mdt).to(tl.float32)
+        ramp = tl.full([BLOCK_SIZE], 1.0, tl.float32)
+        lt = tl.zeros([BLOCK_SIZE], dtype=tl.int32)
+        if HAS_LT:
+            lt = tl.load(lt_ptr + slot, mask=mask, other=0).to(tl.int32)
+            if B == 1:  # each element owns its slot: increment here (else done before the launch)
+                lt = tl.minimum(lt + 1, step_cap)
+                tl.store(lt_ptr + slot, lt.to(lt_ptr.dtype.element_ty), mask=mask)
+            if RAMP != 0:
+                lin = tl.minimum(tl.math.div_rn(lt.to(tl.float32), w_f), 1.0)
+                ramp = tl.where(lt < regrown_below, lin, 1.0)
+            if RAMP == 2:
+                m = (m * ramp.to(mdt).to(tl.float32)).to(mdt).to(tl.float32)
+                ramp = tl.full([BLOCK_SIZE], 1.0, tl.float32)
+        if PER_SLOT_BC:
+            bc1 = tl.load(tab1_ptr + lt, mask=mask, other=1.0)
+            bc2 = tl.load(tab2_ptr + lt, mask=mask, other=1.0)
+        else:
+            bc1 = bc1_s
+            bc2 = bc2_s
+        denom = tl.sqrt_rn(tl.math.div_rn(v, bc2)) + eps
+        upd = tl.math.div_rn(tl.math.div_rn(m, bc1), denom)
+        step_lr = ramp * lr
+        p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        if HAS_WD:
+            p = (p * (1.0 - step_lr * wd)).to(pdt).to(tl.float32)
+        p = p - (upd * step_lr).to(pdt).to(tl.float32)
+        p_st = p.to(pdt)
+        tl.store(p_ptr + offs, p_st, mask=mask)
+        tl.store(m_ptr + offs, m.to(mdt), mask=mask)
+        tl.store(v_ptr + offs, v.to(mdt), mask=mask)
+        if HAS_DENSE:
+            live = mask & (offs < n_live_elem)
+            blk = tl.load(idx_ptr + slot, mask=live, other=0).to(tl.int64)
+            tl.store(dense_ptr + blk * B + offs % B, p_st.to(dense_ptr.dtype.element_ty), mask=live)
+
+
+def _grid(n: int) -> tuple[int]:
+    return (max(1, triton.cdiv(n, BLOCK)),)
+
+
+def scatter_dense(values: torch.Tensor, bidx: torch.Tensor, n_blocks_total: int, block_size: int,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """(n_blocks_total, b) tensor of ``dtype``: zeros, with ``values[:len(bidx) * b]`` at blocks ``bidx``."""
+    w = torch.zeros(n_blocks_total, block_size, dtype=dtype, device=values.device)
+    n = bidx.numel() * block_size
+    if n:
+        _scatter_kernel[_grid(n)](values, bidx, w, n, B=block_size, BLOCK_SIZE=BLOCK)
+    return w
+
+
+def gather_grad(gw: torch.Tensor, bidx: torch.Tensor, n_values: int, block_size: int,
+                dtype: torch.dtype) -> torch.Tensor:
+    """Compact gradient of ``n_values`` elements: ``gw`` at blocks ``bidx`` (cast), zeros after them."""
+    gw = gw.contiguous()
+    out = torch.empty(n_values, dtype=dtype, device=gw.device)
+    n_live = bidx.numel() * block_size
+    _gather_kernel[_grid(n_values)](gw, bidx, out, n_live, n_values, B=block_size, BLOCK_SIZE=BLOCK)
+    return out
+
+
+def smet_adam_update(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
+                     local_step: torch.Tensor | None, tables: tuple[torch.Tensor, torch.Tensor] | None, *,
+                     lr: float, weight_decay: float, beta1: float, beta2: float, eps: float,
+                     bias_corrections: tuple[float, float] | None, block_size: int, ramp: str,
+                     warmup_steps: int, regrown_below: int, step_cap: int,
+                     dense: torch.Tensor | None = None, idx: torch.Tensor | None = None, n_live: int = 0) -> None:
+    """In-place SMET update of one compact parameter (see ``SMETOptimizer._sparse_update``).
+
+    ``tables`` (per-slot bias corrections indexed by the int16 local step) or ``bias_corrections``
+    (global-step scalars) - exactly one is given. ``ramp``: ``none|linear|momentum``; a slot is
+    regrown (ramped) while its local step is below ``regrown_below``. ``dense``/``idx``: the
+    persistent compute copy and block ids to write the live new values into.
+    """
+    n = p.numel()
+    if n == 0:
+        return
+    ramp_code = {"none": 0, "linear": 1, "momentum": 2}[ramp]
+    has_lt = local_step is not None
+    per_slot = tables is not None
+    if per_slot and not has_lt:
+        raise ValueError("per-slot bias corrections need local steps")
+    if has_lt and block_size > 1:
+        # several elements share a slot's counter: bump it first, so no element reads a stored value
+        local_step.add_(1).clamp_(max=step_cap)
+    dummy = p
+    t1, t2 = tables if per_slot else (dummy, dummy)
+    bc1, bc2 = bias_corrections if bias_corrections is not None else (1.0, 1.0)
+    _smet_adam_kernel[_grid(n)](
+        p, g, m, v, local_step if has_lt else dummy, t1, t2,
+        idx if dense is not None else dummy, dense if dense is not None else dummy,
+        n, n_live * block_size, float(lr), float(weight_decay), float(beta1), float(beta2), float(eps),
+        float(bc1), float(bc2), float(max(warmup_steps, 1)), int(regrown_below), int(step_cap),
+        B=block_size, HAS_LT=has_lt, PER_SLOT_BC=per_slot, RAMP=ramp_code if has_lt else 0,
+        HAS_WD=weight_decay != 0.0, HAS_DENSE=dense is not None, BLOCK_SIZE=BLOCK)

@@ -1,0 +1,141 @@
+"""Fused-kernel path vs the PyTorch reference path, run as a script (used by tests/test_kernels.py).
+
+``python tests/kernel_check.py DEVICE`` prints one JSON object: per case, the largest differences
+between the two paths. On CPU it must run with ``TRITON_INTERPRET=1`` (set before Triton is
+imported), so the very same kernels execute in Triton's interpreter; on CUDA they are compiled.
+``SMET_TRITON`` selects the path per call (read at call time by ``smet.sparse.kernels``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+
+from smet.sparse import kernels
+from smet.sparse.layer import SparseLinear
+from smet.sparse.optimizer import SMETOptimizer
+
+
+def _path(fused: bool) -> None:
+    os.environ["SMET_TRITON"] = "1" if fused else "0"
+
+
+def _maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
+
+
+def _maxrel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.float(), b.float()
+    return float(((a - b).abs() / b.abs().clamp_min(1e-30)).max()) if a.numel() else 0.0
+
+
+def case_scatter_gather(device: str, block: int, n_live: int, vdtype: torch.dtype, cdtype: torch.dtype) -> dict:
+    g = torch.Generator().manual_seed(block * 7 + n_live)
+    layer = SparseLinear(64, 48, n_active_blocks=n_live, block_size=block, capacity=n_live + 5, dtype=vdtype)
+    layer.n_live = n_live
+    layer.idx[:n_live] = torch.randperm(layer.n_blocks_total, generator=g)[:n_live].int()
+    layer.values.data.copy_(torch.randn(layer.values.numel(), generator=g).to(vdtype))
+    layer = layer.to(device)
+    bidx = layer.idx[:n_live]
+    gw = torch.randn(48, 64, generator=g).to(device=device, dtype=cdtype)
+    out = {}
+    for fused in (True, False):
+        _path(fused)
+        out[fused] = (layer._scatter_dense(layer.values, bidx, cdtype), layer._gather_grad(gw, bidx, layer.values))
+    _path(True)
+    return {"scatter": _maxdiff(out[True][0], out[False][0]), "gather": _maxdiff(out[True][1], out[False][1]),
+            "dtypes_match": out[True][0].dtype == out[False][0].dtype and out[True][1].dtype == out[False][1].dtype,
+            "free_slots_zero": bool((out[True][1][n_live * block:] == 0).all())}
+
+
+def _opt_run(device: str, fused: bool, *, block: int, dtype: torch.dtype, materialize: str, steps: int,
+             **opt_kw) -> dict:
+    """Two compact layers trained ``steps`` steps on fixed random gradients with a regrowth at step 3."""
+    _path(fused)
+    torch.manual_seed(0)
+    layers = []
+    for i, (o, n) in enumerate(((32, 40), (24, 64))):
+        layer = SparseLinear(64, o, n_active_blocks=n, block_size=block, capacity=n + 4, materialize=materialize,
+                             dtype=dtype)
+        layer.n_live = n
+        gen = torch.Generator().manual_seed(10 + i)
+        layer.idx[:n] = torch.randperm(layer.n_blocks_total, generator=gen)[:n].int()
+        layer.values.data.copy_(torch.randn(layer.values.numel(), generator=gen).to(dtype) * 0.02)
+        layer.values.data[n * block:] = 0
+        layer = layer.to(device)
+        layer.refresh_dense()
+        layers.append(layer)
+    groups = [{"params": [ly.values for ly in layers], "sparse": True, "block_size": block}]
+    opt = SMETOptimizer(groups, lr=1e-2, **opt_kw)
+    for ly in layers:
+        opt.register_layer(ly)
+    gen = torch.Generator().manual_seed(99)
+    grads = [[torch.randn(ly.values.numel(), generator=gen).to(dtype) for ly in layers] for _ in range(steps)]
+    first_regrown = None
+    for s in range(steps):
+        for ly, g in zip(layers, grads[s]):
+            g = g.clone()
+            g[ly.n_live * block:] = 0
+            ly.values.grad = g.to(device)
+        before = layers[0].values.detach().clone()
+        opt.step()
+        if s == 3:  # first step after the regrowth below
+            first_regrown = ((layers[0].values.detach() - before).view(-1, block)[:3].float().cpu(),
+                             grads[s][0].view(-1, block)[:3].float())
+        if s == 2:  # regrow slots 0..2 of layer 0 (values zeroed, state reset), like a topology update
+            with torch.no_grad():
+                layers[0].values.view(-1, block)[:3] = 0
+            opt.reset_slots(layers[0].values, torch.arange(3, device=device))
+    res = {"values": [ly.values.detach().float().cpu() for ly in layers]}
+    for key in ("exp_avg", "exp_avg_sq", "local_step"):
+        res[key] = [opt.state[ly.values][key].float().cpu() for ly in layers if key in opt.state[ly.values]]
+    res["dense"] = [ly.dense.float().cpu() for ly in layers if ly.dense is not None]
+    res["first_regrown"] = first_regrown
+    _path(True)
+    return res
+
+
+def case_optimizer(device: str, block: int, dtype: torch.dtype, materialize: str, steps: int = 8, **opt_kw) -> dict:
+    a = _opt_run(device, True, block=block, dtype=dtype, materialize=materialize, steps=steps, **opt_kw)
+    r = _opt_run(device, False, block=block, dtype=dtype, materialize=materialize, steps=steps, **opt_kw)
+    out = {}
+    for key in ("values", "exp_avg", "exp_avg_sq", "local_step", "dense"):
+        if r[key]:
+            out[key] = max(_maxdiff(x, y) for x, y in zip(a[key], r[key]))
+            out[key + "_scale"] = max(float(y.abs().max()) for y in r[key])
+    du, g = a["first_regrown"]
+    out["first_regrown_over_lr"] = float((du / 1e-2).abs().mean())
+    out["first_regrown_sign_ok"] = bool(((du * g) <= 0).all())
+    return out
+
+
+def main() -> None:
+    device = sys.argv[1] if len(sys.argv) > 1 else "cpu"
+    if not kernels.available():
+        print(json.dumps({"error": "triton not importable"}))
+        return
+    res = {}
+    for b in (1, 4):
+        res[f"sg_b{b}_f32_cast_bf16"] = case_scatter_gather(device, b, 50, torch.float32, torch.bfloat16)
+        res[f"sg_b{b}_bf16_copy"] = case_scatter_gather(device, b, 33, torch.bfloat16, torch.bfloat16)
+    cfgs = {
+        "smet_linear_w4": dict(regrowth_warmup_steps=4),
+        "smet_momentum_w4": dict(regrowth_warmup_steps=4, warmup_shape="momentum"),
+        "smet_w0": dict(regrowth_warmup_steps=0),
+        "no_reset": dict(regrowth_warmup_steps=4, reset_local_step=False),
+        "naive": dict(regrowth_warmup_steps=0, reset_local_step=False, reset_moments=False),
+        "wd": dict(regrowth_warmup_steps=4, weight_decay=0.1),
+    }
+    for name, kw in cfgs.items():
+        res[f"opt_{name}_b1_f32"] = case_optimizer(device, 1, torch.float32, "transient", **kw)
+    res["opt_smet_b4_f32_persistent"] = case_optimizer(device, 4, torch.float32, "persistent", regrowth_warmup_steps=4)
+    res["opt_smet_b1_bf16_persistent"] = case_optimizer(device, 1, torch.bfloat16, "persistent",
+                                                        regrowth_warmup_steps=4, weight_decay=0.1)
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
