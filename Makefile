@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@# data=kjv_wiki (fidelity study) reads one data file of gensim's wheel: the wheel alone, no scipy
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -c constraints.txt 'gensim>=4.3'
 	@touch $(STAMP)
 
 setup: $(STAMP)

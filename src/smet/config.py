@@ -110,6 +110,10 @@ def check_data(cfg: Mapping) -> None:
     _int(cfg, "data.seq_len", lo=1)
     _int(cfg, "data.batch_size", lo=1)
     _choice(cfg, "data.source", ("embedded", "local_files", "hub"))
+    if get(cfg, "data.corpora") is not None:
+        from smet.data.config import parse_corpora
+
+        parse_corpora(get(cfg, "data.corpora"), get(cfg, "data.source"))
 
 
 def check_run(cfg: Mapping) -> None:

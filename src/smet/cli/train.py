@@ -139,6 +139,14 @@ def _redacted_argv():
         sys.argv[:] = saved
 
 
+def defer_init(cfg) -> bool:
+    """Build the model on the meta device and allocate it on the GPU in ``LMModule.configure_model``
+    (``smet.build``): on CUDA trainers, except DeepSpeed (dense only; it partitions at setup). Keeps a
+    LLaMA-13B sparse run from ever allocating dense weights or a host-RAM copy of the model."""
+    t = cfg.trainer
+    return str(t.accelerator) in ("gpu", "cuda") and "deepspeed" not in str(t.get("strategy") or "")
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path, tokens_per_step: int, flops_per_token: float,
                   active_flops_per_token: float | None, loggers: list, sparse: bool = False):
     import lightning as L
@@ -225,7 +233,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     resolved = redact_secrets(resolved)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
 
-    module = LMModule(resolved, vocab_size=dm.vocab_size)
+    module = LMModule(resolved, vocab_size=dm.vocab_size, defer_init=defer_init(cfg))
     mcfg = module.model.config
     if get(cfg, "trainer.compile"):
         module.model.compile()

@@ -18,6 +18,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from smet.errors import SmetConfigError
 
 SOURCES = ("embedded", "local_files", "hub")
+EMBEDDED_CORPORA = ("kjv", "enwiki")  # data.corpora names (smet.data.corpus.PackagedCorpus)
 TOKENIZER_KINDS = ("bpe", "pretrained")
 MIN_BPE_VOCAB = 257  # 256 byte symbols + <|endoftext|>
 MAX_VOCAB = 2**31 - 1
@@ -25,6 +26,7 @@ MAX_VOCAB = 2**31 - 1
 _TOP_KEYS = (
     "name", "source", "path", "text_field", "hub", "tokenizer", "seq_len", "batch_size",
     "val_fraction", "max_val_sequences", "num_workers", "seed", "cache_dir",
+    "corpora",            # embedded: package-shipped corpora to concatenate (default: kjv)
     "global_batch_size",  # read by the trainer (gradient accumulation), not by the data module
 )
 _TOKENIZER_KEYS = ("kind", "vocab_size", "name")
@@ -69,6 +71,7 @@ class DataConfig:
     num_workers: int = 0
     seed: int = 0
     cache_dir: str = ""
+    corpora: tuple[str, ...] | None = None  # source=embedded: package corpora (None = kjv alone)
 
     @property
     def cache_path(self) -> Path:
@@ -159,6 +162,32 @@ def _bool(value: Any, full: str) -> bool:
 # --------------------------------------------------------------------------- parse
 
 
+def parse_corpora(value: Any, source: str) -> tuple[str, ...] | None:
+    """``data.corpora``: null, or a non-empty list of distinct names from EMBEDDED_CORPORA
+    (only with data.source=embedded)."""
+    if value is None:
+        return None
+    if source != "embedded":
+        raise SmetConfigError("data.corpora", f"applies to data.source=embedded only (got source {source!r}); "
+                              "remove it or set it to null")
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    elif isinstance(value, ListConfig):
+        value = list(value)
+    if not isinstance(value, (list, tuple)) or not value:
+        raise SmetConfigError("data.corpora", f"must be a non-empty list of: {', '.join(EMBEDDED_CORPORA)}; "
+                              f"got {value!r}")
+    out = []
+    for v in value:
+        if v not in EMBEDDED_CORPORA:
+            raise SmetConfigError("data.corpora", f"unknown corpus {v!r}; choose from: {', '.join(EMBEDDED_CORPORA)}")
+        if v in out:
+            raise SmetConfigError("data.corpora", f"lists {v!r} twice")
+        out.append(v)
+    return tuple(out)
+
+
+
 def parse_data_config(cfg: Any) -> DataConfig:
     """Validate the ``data`` group; raises SmetConfigError(key, ...) on the first bad key."""
     if isinstance(cfg, DataConfig):
@@ -242,8 +271,10 @@ def parse_data_config(cfg: Any) -> DataConfig:
     cache_dir = _str(os.fspath(cache_dir) if isinstance(cache_dir, os.PathLike) else cache_dir,
                      "data.cache_dir")
 
+    corpora = parse_corpora(raw.get("corpora"), source)
+
     return DataConfig(
-        name=name, source=source, path=path, text_field=text_field, hub=hub, tokenizer=tokenizer,
+        corpora=corpora, name=name, source=source, path=path, text_field=text_field, hub=hub, tokenizer=tokenizer,
         seq_len=seq_len, batch_size=batch_size, val_fraction=val_fraction, max_val_sequences=max_val,
         num_workers=num_workers, seed=seed, cache_dir=cache_dir,
     )

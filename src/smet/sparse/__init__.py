@@ -24,10 +24,12 @@ __all__ = ["SparseLinear", "SMETOptimizer", "SparseController", "SparsityConfig"
 
 
 def attach_sparsity(model, sparsity_cfg: Mapping[str, Any] | None, total_steps: int = 1, seed: int = 0,
-                    init_std: float | None = None) -> SparseController | None:
+                    init_std: float | None = None, device=None) -> SparseController | None:
     """Turn the target linear layers of ``model`` into compact sparse layers.
 
     Returns the controller that runs topology updates, or ``None`` for ``method: dense``.
+    ``device``: see :func:`~smet.sparse.topology.sparsify_model` (``"meta"``: build without
+    allocating; ``smet.build`` uses it).
     """
     cfg = dict(sparsity_cfg or {})
     if cfg.get("method", "dense") == "dense":
@@ -35,4 +37,4 @@ def attach_sparsity(model, sparsity_cfg: Mapping[str, Any] | None, total_steps: 
     if init_std is None:
         init_std = getattr(getattr(model, "config", None), "init_std", 0.02)
     return sparsify_model(model, SparsityConfig.from_mapping(cfg), total_steps=total_steps, seed=seed,
-                          init_std=init_std)
+                          init_std=init_std, device=device)

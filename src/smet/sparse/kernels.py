@@ -80,7 +80,7 @@ if triton is not None:
         g = tl.load(gw_ptr + blk * B + offs % B, mask=live, other=0.0)
         tl.store(out_ptr + offs, g.to(out_ptr.dtype.element_ty), mask=offs < n_elem)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["regrown_below"])  # changes every step: no re-compiles at multiples of 16
     def _smet_adam_kernel(p_ptr, g_ptr, m_ptr, v_ptr, lt_ptr, tab1_ptr, tab2_ptr, idx_ptr, dense_ptr,
                           n_elem, n_live_elem, lr, wd, b1, b2, eps, bc1_s, bc2_s, w_f, regrown_below, step_cap,
                           B: tl.constexpr, HAS_LT: tl.constexpr, PER_SLOT_BC: tl.constexpr, RAMP: tl.constexpr,

@@ -282,13 +282,44 @@ def layer_plan(shapes: list[tuple[int, int]], cfg: SparsityConfig) -> list[dict[
     return plan
 
 
+def init_generator_device(device: torch.device | str) -> torch.device:
+    """Device of the generator that draws a layer's initial mask and values: the layer's own device
+    for CUDA (a 13B layer's ``randperm`` of 70.8 M block ids runs on the GPU), the CPU otherwise."""
+    device = torch.device(device)
+    return device if device.type == "cuda" else torch.device("cpu")
+
+
+@torch.no_grad()
+def init_sparse_layers(ctrl: SparseController) -> None:
+    """Initialise every (allocated, non-meta) compact layer of ``ctrl``: random mask + N(0, std)
+    values, layer ``li`` from a generator seeded ``_seed_for(seed, "init", li)`` on
+    :func:`init_generator_device` of the layer. On CPU this gives exactly the bits
+    ``sparsify_model`` has always produced; on CUDA the draws come from a CUDA generator seeded the
+    same way, so the initial masks depend on the device the layers are initialised on (CPU vs CUDA;
+    the same on every GPU of one kind, hence on every DDP rank)."""
+    std = getattr(ctrl, "init_std", 0.02)
+    for li, layer in enumerate(ctrl.layers):
+        dev = layer.idx.device
+        if dev.type == "meta":
+            raise ValueError(f"sparse layer {layer.name!r} is still on the meta device: allocate it first "
+                             "(smet.build.materialize)")
+        layer.init_random(std, _generator(init_generator_device(dev), _seed_for(ctrl.seed, "init", li)))
+
+
 def sparsify_model(model: nn.Module, cfg: SparsityConfig, total_steps: int, seed: int = 0,
-                   init_std: float = 0.02) -> SparseController:
+                   init_std: float = 0.02, device: torch.device | str | None = None) -> SparseController:
     """Replace the target ``nn.Linear`` modules of ``model`` by compact ``SparseLinear`` layers.
 
     Initialisation: each layer keeps ``round(d_l * blocks)`` blocks chosen uniformly at random
     (exact count, not Bernoulli) with values drawn N(0, init_std) - the same distribution as the
     reference's dense init followed by a random mask, without ever allocating the dense weight.
+
+    ``device``: None (default) - the compact tensors go on the replaced layer's device (CPU for a
+    meta layer) and are initialised from seeded CPU generators, whatever that device (the
+    historical behaviour, bit for bit). ``"meta"`` - the compact layers are created on the meta
+    device and left uninitialised: allocate them with ``to_empty`` and call
+    :func:`init_sparse_layers` (``smet.build.materialize`` does both), so a model built on meta is
+    never allocated dense.
     """
     targets = set(cfg.targets)
     found: list[tuple[str, nn.Linear]] = [
@@ -301,19 +332,26 @@ def sparsify_model(model: nn.Module, cfg: SparsityConfig, total_steps: int, seed
     layers: list[tuple[str, SparseLinear]] = []
     for li, ((name, lin), lp) in enumerate(zip(found, plan)):
         cap, final, n_blocks = lp["capacity"], lp["final"], lp["blocks"]
-        device = lin.weight.device if not lin.weight.is_meta else torch.device("cpu")
+        if device is not None:
+            dev = torch.device(device)
+        else:
+            dev = lin.weight.device if not lin.weight.is_meta else torch.device("cpu")
         sl = SparseLinear(lin.in_features, lin.out_features, n_active_blocks=cap, block_size=cfg.block_size,
-                          materialize=cfg.materialize, capacity=cap, device=device, dtype=lin.weight.dtype)
+                          materialize=cfg.materialize, capacity=cap, device=dev, dtype=lin.weight.dtype)
         sl.final_count = final
         sl.final_density = final / n_blocks
         sl.name = name
-        gen = _generator(torch.device("cpu"), _seed_for(seed, "init", li))
-        sl.init_random(init_std, gen)
+        if device is None:
+            gen = _generator(torch.device("cpu"), _seed_for(seed, "init", li))
+            sl.init_random(init_std, gen)
+        elif dev.type != "meta":
+            sl.init_random(init_std, _generator(init_generator_device(dev), _seed_for(seed, "init", li)))
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, attr, sl)
         layers.append((name, sl))
     ctrl = SparseController(layers, cfg, total_steps=total_steps, seed=seed)
+    ctrl.init_std = float(init_std)
     sparse_ids = {id(layer.values) for _, layer in layers}
     emb = [m.weight for m in model.modules() if isinstance(m, nn.Embedding)]
     emb_ids = {id(w) for w in emb}
