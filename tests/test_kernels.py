@@ -32,7 +32,7 @@ def _run_check(device: str, interpret: bool) -> dict:
     return res
 
 
-def _check(res: dict, bf16_rel: float, cast_abs: float) -> None:
+def _check(res: dict, bf16_rel: float, cast_abs: float, fp32_rel: float = 1e-6) -> None:
     for name, r in res.items():
         if name.startswith("sg_"):
             assert r["dtypes_match"] and r["free_slots_zero"], (name, r)
@@ -43,7 +43,7 @@ def _check(res: dict, bf16_rel: float, cast_abs: float) -> None:
         bf16 = "bf16" in name
         for key in ("values", "exp_avg", "exp_avg_sq", "dense"):
             if key in r:
-                rel = bf16_rel if bf16 else 1e-6
+                rel = bf16_rel if bf16 else fp32_rel
                 assert r[key] <= rel * r[key + "_scale"], (name, key, r)
         if "local_step" in r:
             assert r["local_step"] == 0.0, (name, r)  # integer counters agree exactly
@@ -67,7 +67,9 @@ def test_fused_kernels_match_reference_cuda():
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    _check(_run_check("cuda", interpret=False), bf16_rel=0.02, cast_abs=0.0)
+    # compiled code may contract a * b + c into one FMA (torch's own CUDA kernels do too, elsewhere):
+    # a few fp32 ulps over 8 steps
+    _check(_run_check("cuda", interpret=False), bf16_rel=0.02, cast_abs=0.0, fp32_rel=2e-6)
 
 
 @needs_triton

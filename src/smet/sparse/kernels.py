@@ -82,7 +82,7 @@ if triton is not None:
 
     @triton.jit(do_not_specialize=["regrown_below"])  # changes every step: no re-compiles at multiples of 16
     def _smet_adam_kernel(p_ptr, g_ptr, m_ptr, v_ptr, lt_ptr, tab1_ptr, tab2_ptr, idx_ptr, dense_ptr,
-                          n_elem, n_live_elem, lr, wd, b1, b2, eps, bc1_s, bc2_s, w_f, regrown_below, step_cap,
+                          n_elem, n_live_elem, lr, wd, b1, b2, c1, c2, eps, bc1_s, bc2_s, w_f, regrown_below, step_cap,
                           B: tl.constexpr, HAS_LT: tl.constexpr, PER_SLOT_BC: tl.constexpr, RAMP: tl.constexpr,
                           HAS_WD: tl.constexpr, HAS_DENSE: tl.constexpr, BLOCK_SIZE: tl.constexpr):
         # RAMP: 0 none, 1 linear (scales the step), 2 momentum (damps the first moment)
@@ -94,11 +94,13 @@ if triton is not None:
         g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        # m.mul_(b1).add_(g, alpha=1 - b1); v.mul_(b2).addcmul_(g, g, value=1 - b2): round to storage each op
+        # m.mul_(b1).add_(g, alpha=1 - b1); v.mul_(b2).addcmul_(g, g, value=1 - b2): round to storage each op;
+        # c1 = 1 - b1, c2 = 1 - b2 come in computed in float64 (as torch's alpha), so that c1 == the table's
+        # fp32(1 - b1^1) and a reset slot's first bias-corrected moment is g itself
         m = (m * b1).to(mdt).to(tl.float32)
-        m = (m + (1.0 - b1) * g).to(mdt).to(tl.float32)
+        m = (m + c1 * g).to(mdt).to(tl.float32)
         v = (v * b2).to(mdt).to(tl.float32)
-        v = (v + (1.0 - b2) * (g * g)).to(mdt).to(tl.float32)
+        v = (v + c2 * (g * g)).to(mdt).to(tl.float32)
         ramp = tl.full([BLOCK_SIZE], 1.0, tl.float32)
         lt = tl.zeros([BLOCK_SIZE], dtype=tl.int32)
         if HAS_LT:
@@ -189,7 +191,8 @@ def smet_adam_update(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch
     _smet_adam_kernel[_grid(n)](
         p, g, m, v, local_step if has_lt else dummy, t1, t2,
         idx if dense is not None else dummy, dense if dense is not None else dummy,
-        n, n_live * block_size, float(lr), float(weight_decay), float(beta1), float(beta2), float(eps),
+        n, n_live * block_size, float(lr), float(weight_decay), float(beta1), float(beta2),
+        1.0 - float(beta1), 1.0 - float(beta2), float(eps),
         float(bc1), float(bc2), float(max(warmup_steps, 1)), int(regrown_below), int(step_cap),
         B=block_size, HAS_LT=has_lt, PER_SLOT_BC=per_slot, RAMP=ramp_code if has_lt else 0,
         HAS_WD=weight_decay != 0.0, HAS_DENSE=dense is not None, BLOCK_SIZE=BLOCK)
