@@ -58,6 +58,31 @@ def test_bench_records(bench_run):
     assert "| dense |" in stdout and "smet/dense tokens/s at d=0.5" in stdout and "SYNTHETIC" in stdout
 
 
+def test_from_json_reamortizes_measured_times(bench_run, tmp_path):
+    """--from-json re-prints saved records; --amortize-interval spreads the measured update-step extra
+    over N steps (the real update frequency) instead of the timing interval."""
+    records, _ = bench_run
+    src = tmp_path / "b.json"
+    src.write_text(json.dumps(records))
+    md = tmp_path / "b.md"
+    r = subprocess.run(_cli("smet-bench") + ["--from-json", str(src), "--amortize-interval", "100", "--md", str(md)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    smet = records[1]
+    tokens = 2 * 32
+    want = tokens / (smet["step_time_s"] + max(smet["update_step_time_s"] - smet["step_time_s"], 0) / 100)
+    from smet.cli.bench import reamortize
+
+    again = reamortize(records, 100)
+    assert again[1]["tokens_per_s_amortised"] == pytest.approx(want, rel=1e-9)
+    assert again[1]["amortize_interval"] == 100 and records[1]["amortize_interval"] == 2
+    assert again[0]["tokens_per_s_amortised"] == pytest.approx(records[0]["tokens_per_s"])  # dense: no updates
+    assert f"{want:,.0f}" in md.read_text() and "every 100 steps" in r.stdout
+    bad = subprocess.run(_cli("smet-bench") + ["--from-json", str(tmp_path / "missing.json")], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "missing.json" in bad.stderr
+
+
 def test_bench_bad_density_exit_2(tmp_path):
     r = subprocess.run(_cli("smet-bench") + ["--density", "0", "--out", str(tmp_path / "x.json")],
                        capture_output=True, text=True, timeout=60)

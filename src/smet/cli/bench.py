@@ -98,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="start no new combination (or round) after this many seconds; combinations left without a "
                         "measured step are recorded as skipped (default: no limit)")
+    p.add_argument("--amortize-interval", type=int, default=None, metavar="N",
+                   help="spread the measured extra cost of an update step over N steps for the amortised tok/s "
+                        "(default: --update-interval). Update steps are timed every --update-interval steps so "
+                        "that short runs see several; N gives the training's real frequency (e.g. 100)")
+    p.add_argument("--from-json", type=Path, default=None, metavar="FILE",
+                   help="run nothing: re-print (and with --md re-write) the tables of records saved by --out, "
+                        "re-amortised with --amortize-interval when given")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate, constant (default: 1e-3)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0, help="seed of model init, masks and data (default: 0)")
@@ -615,8 +622,8 @@ def _record(combo: dict, o: dict, args, model_cfg: dict, tokens: int, peak_flops
     step_t = statistics.median(times) if times and ok else float("nan")
     upd_t = statistics.median(upd) if upd and ok else None
     tps = tokens / step_t if times and ok else None
-    amort = (tokens / (step_t + (max(upd_t - step_t, 0.0) / args.update_interval if upd_t else 0.0))
-             if tps else None)
+    every = getattr(args, "amortize_interval", None) or args.update_interval
+    amort = _amortised(tokens, step_t, upd_t, every) if tps else None
     if combo["method"] == "dense" or not ok:
         active = active_weight_count(model_cfg, scfg, args.vocab, args.seq_len)
     else:
@@ -641,6 +648,7 @@ def _record(combo: dict, o: dict, args, model_cfg: dict, tokens: int, peak_flops
         # robust amortisation: median steady step + the median extra cost of an update step spread over
         # the update interval (a mean over all timed steps would be dominated by load spikes)
         "tokens_per_s_amortised": amort,
+        "amortize_interval": every,
         "step_time_s": step_t,
         "update_step_time_s": upd_t,
         "n_timed_steps": len(times), "n_update_steps": len(upd),
@@ -680,6 +688,30 @@ def _record(combo: dict, o: dict, args, model_cfg: dict, tokens: int, peak_flops
     if o["oom"]:
         rec.update(o["oom"])
     return rec
+
+
+def _amortised(tokens: float, step_t: float, upd_t: float | None, every: int) -> float:
+    """tokens / (median steady step + the median extra time of an update step spread over ``every`` steps)."""
+    return tokens / (step_t + (max(upd_t - step_t, 0.0) / every if upd_t else 0.0))
+
+
+def reamortize(records: list[dict], every: int) -> list[dict]:
+    """The records with amortised tok/s and MFU recomputed for an update every ``every`` steps (from the
+    measured median steady and update step times; nothing else changes)."""
+    from smet.perf import mfu
+
+    out = []
+    for r in records:
+        r = dict(r)
+        if r.get("tokens_per_s") and r.get("step_time_s"):
+            tokens = r["tokens_per_s"] * r["step_time_s"]
+            r["tokens_per_s_amortised"] = _amortised(tokens, r["step_time_s"], r.get("update_step_time_s"), every)
+            r["amortize_interval"] = every
+            for key, n in (("mfu_dense", r.get("flop_params_dense")), ("mfu_active", r.get("flop_params_active"))):
+                if n and r.get("peak_flops"):
+                    r[key] = mfu(r["tokens_per_s_amortised"], 6.0 * n, r["peak_flops"])
+        out.append(r)
+    return out
 
 
 def _mib(n) -> str:
@@ -751,8 +783,39 @@ def ratios(records: list[dict]) -> list[str]:
     return out
 
 
+def _from_json(args) -> int:
+    try:
+        records = json.loads(args.from_json.read_text())
+        if not isinstance(records, list) or not all(isinstance(r, dict) and "method" in r for r in records):
+            raise ValueError("not a list of smet-bench records")
+    except (OSError, ValueError) as err:
+        print(f"smet-bench: error: --from-json {args.from_json}: {err}", file=sys.stderr)
+        return 2
+    if args.amortize_interval is not None:
+        records = reamortize(records, args.amortize_interval)
+    cfg = records[0].get("config", {})
+    every = records[0].get("amortize_interval") or cfg.get("update_interval")
+    header = (f"smet-bench records from {args.from_json}: model {cfg.get('model_preset')} on {cfg.get('device_name')} "
+              f"(torch {cfg.get('torch')}), batch {cfg.get('batch')} x seq {cfg.get('seq_len')}; update steps timed "
+              f"every {cfg.get('update_interval')} steps, amortised over an update every {every} steps.")
+    table, lines = markdown(records), ratios(records)
+    if args.md is not None:
+        args.md.parent.mkdir(parents=True, exist_ok=True)
+        args.md.write_text(header + "\n\n" + table + "\n\n" + "\n".join(f"* {x}" for x in lines) + "\n")
+    print(header + "\n\n" + table + "\n")
+    for line in lines:
+        print(line)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.amortize_interval is not None and args.amortize_interval < 1:
+        print(f"smet-bench: error: --amortize-interval must be a positive integer, got {args.amortize_interval}",
+              file=sys.stderr)
+        return 2
+    if args.from_json is not None:
+        return _from_json(args)
     try:
         for d in args.density:
             check_density(d)
@@ -801,7 +864,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"x seq {args.seq_len}, vocab {args.vocab}. Data: SYNTHETIC random tokens. "
               f"tokens/s from the median steady step; update step = a step with a topology update (every "
               f"{args.update_interval}); amortised = tokens / (median step + median update-step extra / "
-              f"{args.update_interval}). MFU = 6 x N x amortised tokens/s / "
+              f"{args.amortize_interval or args.update_interval}). MFU = 6 x N x amortised tokens/s / "
               + (f"{peak / 1e12:g} TFLOP/s" if peak else "(no peak: MFU not computed)")
               + " (dense bf16 peak), N without the input embedding: 'dense' counts every weight, 'active' only "
               "the active weights of the sparse layers. Static = weights + grads + optimizer + metadata (+ compute "
