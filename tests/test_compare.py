@@ -370,3 +370,108 @@ def test_auto_group_by_splits_on_every_other_differing_key(tmp_path, capsys):
     (row,) = read_csv(out2 / "summary.csv")
     assert row["n_seeds"] == "8" and float(row["final_val_ppl_mean"]) == pytest.approx(103.5)
     assert "optimizer.reset_local_step, optimizer.reset_moments" in (out2 / "report.md").read_text()
+
+
+# ----------------------------------------------------------------------------- paired spike vs static
+def loss_run(d: Path, method: str, seed: int, losses: dict[int, float], updates=(), density=0.25, k=10,
+             ppl=50.0) -> None:
+    """A run directory as train.py writes it: per-step train/loss (row = optimizer step - 1), a
+    sparsity/update row at each update u (row u - 1) and the plain sparsity/spike k steps later."""
+    import yaml
+
+    d.mkdir(parents=True)
+    n = max(losses)
+    cfg = {"seed": seed, "run_name": f"tiny-{method}-s{seed}",
+           "model": {"name": "tiny", "hidden_size": 64},
+           "data": {"name": "embedded", "seq_len": 32, "batch_size": 4, "cache_dir": f"/tmp/{d.name}"},
+           "trainer": {"max_steps": n}, "optimizer": {"lr": 1e-3, "regrowth_warmup_steps": 0, "lr_scaling": "none"},
+           "sparsity": {"method": method, "variant": None, "density": density, "update_interval": 20,
+                        "spike_window": k}}
+    if method == "dense":
+        cfg["sparsity"] = {"method": "dense"}
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    rows = {s - 1: {"train/loss": v} for s, v in losses.items()}
+    for u in updates:
+        rows[u - 1]["sparsity/update"] = 1.0
+        after = [losses[s] for s in range(u + 1, u + k + 1)]
+        before = [losses[s] for s in range(u - k + 1, u + 1)]
+        rows[u + k - 1]["sparsity/spike"] = sum(after) / k - sum(before) / k
+    cols = ["train/loss", "sparsity/update", "sparsity/spike"]
+    lines = ["epoch,step," + ",".join(cols)]
+    for r in sorted(rows):
+        lines.append(f"0,{r}," + ",".join(repr(rows[r][c]) if c in rows[r] else "" for c in cols))
+    (d / "metrics.csv").write_text("\n".join(lines) + "\n")
+    (d / "summary.json").write_text(json.dumps({"steps": n, "val_ppl": ppl, "method": method}))
+
+
+def trend(seed: int, n: int = 60) -> dict[int, float]:
+    """Falling loss plus batch noise that depends on the seed only (the same batches for every run)."""
+    import random
+
+    rng = random.Random(seed)
+    return {s: 5.0 - 0.02 * s + rng.uniform(-0.1, 0.1) for s in range(1, n + 1)}
+
+
+def test_paired_spike_against_static_run_of_the_same_seed(tmp_path):
+    """+jump for 3 steps after each update, k = 10: paired spike = 3 * jump / 10 exactly, although
+    the plain spike is negative (the falling trend); no static partner -> '-'."""
+    runs, updates = tmp_path / "runs", (20, 40)
+    jumps = {0: 0.5, 1: 0.4}
+    for seed, jump in jumps.items():
+        base = trend(seed)
+        loss_run(runs / f"static-s{seed}", "static", seed, base)
+        bumped = {s: v + (jump if any(u < s <= u + 3 for u in updates) else 0.0) for s, v in base.items()}
+        loss_run(runs / f"set-s{seed}", "set", seed, bumped, updates)
+        loss_run(runs / f"dense-s{seed}", "dense", seed, base)
+    loss_run(runs / "smet-s2", "smet", 2, trend(2), updates)                      # no static run of seed 2
+    loss_run(runs / "set-d05-s0", "set", 0, trend(0), updates, density=0.5)     # no static run at d = 0.5
+
+    from smet.report.paired import attach_pairs
+
+    loaded = {Path(r.source).name: r for r in map(load_run_dir, sorted(runs.iterdir()))}
+    assert attach_pairs(list(loaded.values())) == 2
+    for seed, jump in jumps.items():
+        r = loaded[f"set-s{seed}"]
+        assert Path(r.paired_with.source).name == f"static-s{seed}"
+        assert r.paired_spikes == pytest.approx({20: 3 * jump / 10, 40: 3 * jump / 10}, abs=1e-9)
+        assert all(v < 0 for v in r.spikes)  # the plain metric: the trend (-0.2 over 10 steps) dominates
+    assert loaded["smet-s2"].paired_spikes is None and loaded["set-d05-s0"].paired_spikes is None
+
+    out = tmp_path / "rep"
+    assert main([str(runs), "--out", str(out)]) == 0
+    rows = {(r["method"], r["density"]): r for r in read_csv(out / "summary.csv")}
+    s = rows[("set", "0.25")]
+    expect = [3 * j / 10 for j in jumps.values()]
+    assert float(s["paired_spike_mean"]) == pytest.approx(sum(expect) / 2, abs=1e-9)
+    assert float(s["paired_spike_std"]) == pytest.approx(abs(expect[0] - expect[1]) / math.sqrt(2), abs=1e-9)
+    assert s["n_paired_runs"] == "2" and float(s["spike_mean"]) < 0
+    for key in (("set", "0.5"), ("smet", "0.25"), ("dense", "1.0"), ("static", "0.25")):
+        assert rows[key]["paired_spike_mean"] == "" and rows[key]["n_paired_runs"] == "0"
+
+    md = (out / "summary.md").read_text()
+    header, _, *body = [line for line in md.splitlines() if line.startswith("|")]
+    col = [c.strip() for c in header.strip("|").split("|")].index("paired spike vs static")
+    cells = {tuple(c.strip() for c in line.strip("|").split("|"))[:3]: line.strip("|").split("|")[col].strip()
+             for line in body}
+    assert cells[("set", "-", "0.25")] == "+0.1350 ± 0.0212"
+    assert cells[("set", "-", "0.5")] == "-" and cells[("smet", "-", "0.25")] == "-"
+    assert cells[("dense", "-", "1")] == "-" and cells[("static", "-", "0.25")] == "-"
+    per_run = {Path(r["source"]).name: r for r in read_csv(out / "runs.csv")}
+    assert float(per_run["set-s1"]["paired_spike_mean"]) == pytest.approx(0.12)
+    assert per_run["set-s1"]["paired_static"].endswith("static-s1") and per_run["smet-s2"]["paired_static"] == ""
+    report = (out / "report.md").read_text()
+    assert "*paired spike vs static*" in report and "set-s0 ↔ static-s0" in report
+    assert "](paired_spike_by_method.png)" in report
+    w, h = png_size(out / "paired_spike_by_method.png")
+    assert w >= 600 and h >= 300
+
+
+def test_paired_spike_plot_skipped_without_static_runs(tmp_path):
+    runs = tmp_path / "runs"
+    loss_run(runs / "set-s0", "set", 0, trend(0), (20, 40))
+    out = tmp_path / "rep"
+    assert main([str(runs), "--out", str(out)]) == 0
+    (row,) = read_csv(out / "summary.csv")
+    assert row["paired_spike_mean"] == "" and not (out / "paired_spike_by_method.png").exists()
+    assert "`paired_spike_by_method.png` not drawn" in (out / "report.md").read_text()
+    assert "| - |" in (out / "summary.md").read_text()

@@ -285,6 +285,12 @@ def test_runner_budget_skips_and_stops_then_packs(tmp_path):
     assert {p.name for p in written} >= {"runs.json", "run_summaries.json", "curves.csv.gz", "updates.csv",
                                           "runs_table.md"}
     assert "r0-s0" in (tmp_path / "pub" / "runs_table.md").read_text()
+    # --recompare: the report comes from this checkout's smet-compare over the packed runs
+    written = publish(tar, tmp_path / "pub2", recompare=True, title="recompared")
+    assert {p.name for p in written} >= {"report.md", "summary.md", "summary.csv", "runs.csv", "loss_curves.png"}
+    md = (tmp_path / "pub2" / "report.md").read_text()
+    assert md.startswith("# recompared") and "`runs/r0-s0`" in md and "paired spike vs static" in md
+    assert not (tmp_path / "pub2" / "report.html").exists()
 
 
 def test_gpu_fidelity_script_is_valid_bash():

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 REPORT_FILES = ("summary.csv", "summary.md", "runs.csv", "report.md", "report.html", "loss_curves.png",
-                "ppl_vs_density.png", "spike_by_method.png", "update_ratio.png")
+                "ppl_vs_density.png", "spike_by_method.png", "paired_spike_by_method.png", "update_ratio.png")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="smet-compare",
         description=_fill("Compare training runs: a summary table (one row per group of runs with the same config "
                     "except the seed: final/best validation perplexity mean ± std over seeds, tokens/s, static "
-                    "memory, loss spike after topology updates, regrown vs mature update size), figures (training "
+                    "memory, loss spike after topology updates (plain, and paired with the static run of the same seed), regrown vs mature update size), figures (training "
                     "loss with the topology updates and a zoom on one, perplexity vs density, spike per method, "
                     "update ratio) and a report (report.md + self-contained report.html). Fully offline unless "
                     "--wandb is given."),
@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                      " plus every other config key that still differs between runs of a group, so a group is "
                      "'the same config except the seed'.") + "\n\n"
                "outputs in --out: summary.csv, summary.md, runs.csv, loss_curves.png, ppl_vs_density.png,\n"
-               "spike_by_method.png, update_ratio.png (each skipped, with a note, when no run has the data),\n"
+               "spike_by_method.png, paired_spike_by_method.png (sparse runs with a static run of the same\n"
+               "seed, model, density, data, LR and steps), update_ratio.png (each skipped, with a note, when\n"
+               "no run has the data),\n"
                "report.md, report.html (self-contained).\n\n"
                "examples:\n"
                "  smet-compare multirun/2025-01-31/12-00-00 --out reports/method_compare\n"

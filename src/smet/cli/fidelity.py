@@ -5,7 +5,7 @@
                                         [--experiments ...] [OVERRIDE ...]
     python -m smet.cli.fidelity summary OUT_DIR            # compact table of the runs under OUT_DIR
     python -m smet.cli.fidelity pack    OUT_DIR TARBALL    # report + per-run metrics/config/summary, no checkpoints
-    python -m smet.cli.fidelity publish TARBALL DEST       # the committed files (docs/results/)
+    python -m smet.cli.fidelity publish TARBALL DEST [--recompare [--title T]]   # the committed files (docs/results/)
 
 ``plan`` expands each experiment's sweep grid with smet-submit's expansion (:func:`smet.slurm.grid.expand`,
 the points ``python train.py -m +experiment=E OVERRIDES`` runs, in its order, every point validated),
@@ -400,15 +400,18 @@ def pack(out: Path, tarball: Path, report: Path | None = None) -> list[str]:
 
 
 def _curves_csv(runs_dir: Path) -> tuple[str, list[dict]]:
-    """Per-step curves of every run (CURVE_METRICS only) as one CSV text, and per-update rows."""
+    """Per-step curves of every run (CURVE_METRICS only) as one CSV text, and per-update rows
+    (plain spike, paired spike vs the static run of the same seed, update ratios)."""
+    from smet.report.paired import attach_pairs
     from smet.report.runs import discover_runs, load_run_dir
 
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["run", "step", *CURVE_METRICS])
     updates: list[dict] = []
-    for d in discover_runs(runs_dir):
-        run = load_run_dir(d)
+    loaded = [(d, load_run_dir(d)) for d in discover_runs(runs_dir)]
+    attach_pairs([r for _, r in loaded])
+    for d, run in loaded:
         name = d.relative_to(runs_dir).as_posix()
         series = {m: dict(zip(*(a.tolist() for a in run.series(m)))) for m in CURVE_METRICS}
         steps = sorted({s for m in CURVE_METRICS for s in series[m]})
@@ -421,15 +424,48 @@ def _curves_csv(runs_dir: Path) -> tuple[str, list[dict]]:
         spikes = run.spikes_by_update()
         reg = dict(zip(*(a.tolist() for a in run.series("sparsity/update_ratio_regrown"))))
         mat = dict(zip(*(a.tolist() for a in run.series("sparsity/update_ratio_mature"))))
+        paired = run.paired_spikes or {}
         for u in run.update_steps:  # the ratio is logged at the first step after the update
-            updates.append({"run": name, "update_step": u, "spike": spikes.get(u),
+            updates.append({"run": name, "update_step": u, "spike": spikes.get(u), "paired_spike": paired.get(u),
                             "ratio_regrown": reg.get(u), "ratio_mature": mat.get(u)})
     return buf.getvalue(), updates
 
 
-def publish(tarball: Path, dest: Path) -> list[Path]:
-    """Unpack a fidelity tarball into the small files committed under ``dest`` (docs/results/)."""
+def _recompare(root: Path, tarball: Path, title: str | None) -> Path:
+    """Re-run smet-compare (this checkout's) over the tarball's runs into ``root/report-new``; run
+    sources are named by their path inside the tarball (``runs/<name>``), not the temporary one."""
+    from smet.cli.compare import load_local, make_report
+    from smet.report.runs import ReportError
+
+    runs_dir = root / "runs"
+    if not runs_dir.is_dir():
+        raise FidelityError(f"{tarball}: no runs/ inside, nothing to compare")
+    warnings: list[str] = []
+    try:
+        runs = load_local([runs_dir], warnings)
+    except ReportError as err:
+        raise FidelityError(f"{tarball}: {err}") from None
+    for r in runs:
+        r.source = "runs/" + Path(r.source).relative_to(runs_dir).as_posix()
+    if title is None:
+        old = root / "report" / "report.md"
+        first = old.read_text().splitlines()[0] if old.is_file() else ""
+        title = first[2:].strip() if first.startswith("# ") else "Fidelity runs"
+    out = root / "report-new"
+    out.mkdir()
+    make_report(runs, out, title=title, group_by=None, inputs=[f"{tarball.name}: runs/"], warnings=warnings)
+    return out
+
+
+def publish(tarball: Path, dest: Path, *, recompare: bool = False, title: str | None = None) -> list[Path]:
+    """Unpack a fidelity tarball into the small files committed under ``dest`` (docs/results/).
+
+    ``recompare``: the report files (summary, figures, report.md) come from this checkout's
+    smet-compare run over the tarball's runs (e.g. with metrics added since the runs), titled
+    ``title`` (default: the packed report's title), instead of the report packed on the GPU."""
     import tempfile
+
+    from smet.cli.compare import REPORT_FILES
 
     dest.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -439,7 +475,11 @@ def publish(tarball: Path, dest: Path) -> list[Path]:
         root = Path(tmp) / "fidelity"
         if not root.is_dir():
             raise FidelityError(f"{tarball}: not a fidelity tarball (no fidelity/ inside)")
-        for p in sorted((root / "report").glob("*")):
+        report = _recompare(root, tarball, title) if recompare else root / "report"
+        for name in REPORT_FILES:  # figures of an earlier publish that this report lacks must not survive
+            if (dest / name).is_file():
+                (dest / name).unlink()
+        for p in sorted(report.glob("*")):
             if p.suffix in (".png", ".csv", ".md") and p.name != "report.html":
                 (dest / p.name).write_bytes(p.read_bytes())
                 written.append(dest / p.name)
@@ -461,7 +501,8 @@ def publish(tarball: Path, dest: Path) -> list[Path]:
                 f.write(curves)
             written.append(dest / "curves.csv.gz")
             with open(dest / "updates.csv", "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=["run", "update_step", "spike", "ratio_regrown", "ratio_mature"])
+                w = csv.DictWriter(f, fieldnames=["run", "update_step", "spike", "paired_spike", "ratio_regrown",
+                                                  "ratio_mature"])
                 w.writeheader()
                 for u in updates:
                     w.writerow({k: ("" if v is None else (f"{v:.6g}" if isinstance(v, float) else v))
@@ -510,6 +551,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("publish")
     s.add_argument("tarball", type=Path)
     s.add_argument("dest", type=Path)
+    s.add_argument("--recompare", action="store_true",
+                   help="make the report files with this checkout's smet-compare over the tarball's runs "
+                        "instead of copying the report packed with them")
+    s.add_argument("--title", default=None, help="report title with --recompare (default: the packed report's)")
     return p
 
 
@@ -558,7 +603,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{PROG}: {len(names)} files -> {args.tarball} ({args.tarball.stat().st_size / 2**20:.2f} MiB)")
             return 0
         if args.cmd == "publish":
-            written = publish(args.tarball, args.dest)
+            written = publish(args.tarball, args.dest, recompare=args.recompare, title=args.title)
             for w in written:
                 print(f"  {w} ({w.stat().st_size / 1024:.1f} KiB)")
             return 0

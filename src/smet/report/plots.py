@@ -270,6 +270,74 @@ def plot_update_ratio(groups: Sequence[Group], path: Path, title: str = "") -> s
     return None
 
 
+def plot_paired_spike(groups: Sequence[Group], path: Path, title: str = "") -> str | None:
+    """Left: paired spike vs the static run of the same seed per group (mean ± std over seeds, one
+    dot per seed). Right: the event-aligned paired difference d(u + j) - mean d over (u - k, u]
+    around the updates (mean over updates and seeds), so a spike would show as a bump after 0."""
+    from smet.report.paired import aligned_difference, run_mean, spike_window
+
+    bars = []
+    for i, g in enumerate(groups):
+        per_run = [v for r in g.runs if (v := run_mean(r)) is not None]
+        if not g.is_dense and per_run:
+            bars.append((i, g, per_run))
+    if not bars:
+        return ("no paired spike: no sparse run has a static run of the same seed, model, density, data, LR "
+                "and steps among the compared runs")
+    plt = _plt()
+    col = colors(groups)
+    fig, (ax, cx) = plt.subplots(1, 2, figsize=(max(11.0, 1.1 * len(bars) + 7.5), 4.9),
+                                 gridspec_kw={"width_ratios": [1.2, 1]})
+    x = np.arange(len(bars))
+    means = [float(np.mean(v)) for _, _, v in bars]
+    stds = [mean_std(v)[1] or 0.0 for _, _, v in bars]
+    ax.bar(x, means, yerr=stds, color=[col[i] for i, _, _ in bars], capsize=4, alpha=0.8)
+    for xi, (_, g, v), m, sd in zip(x, bars, means, stds):
+        ax.scatter(np.full(len(v), xi) + np.linspace(-0.12, 0.12, len(v)), v, color="k", s=10, zorder=3)
+        top = max([m + sd] + v) if m >= 0 else min([m - sd] + v)
+        ax.annotate(f"{m:+.4f}\nn={len(v)}", (xi, top), textcoords="offset points",
+                    xytext=(0, 3 if m >= 0 else -20), ha="center", fontsize=7)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.margins(y=0.18)
+    ax.set_xticks(x)
+    ax.set_xticklabels([g.label for _, g, _ in bars], rotation=20 if len(bars) > 4 else 0,
+                       ha="right" if len(bars) > 4 else "center", fontsize=8)
+    ks = sorted({spike_window(r) for _, g, _ in bars for r in g.runs})
+    kk = ks[0] if len(ks) == 1 else None
+    ax.set_ylabel("paired spike (Δ loss vs static, after − before)")
+    ax.set_title(f"paired spike vs static, k = {','.join(map(str, ks))} (mean ± std over seeds; dots: seeds)",
+                 fontsize=9)
+    ax.grid(axis="y", alpha=0.25)
+    k = kk or max(ks)
+    offsets = range(-2 * k + 1, 3 * k + 1)
+    drawn = False
+    for i, g, _ in bars:
+        acc: dict[int, list[float]] = {}
+        for r in g.runs:
+            for j, vals in aligned_difference(r, offsets).items():
+                acc.setdefault(j, []).extend(vals)
+        js = sorted(acc)
+        if js:
+            cx.plot(js, [float(np.mean(acc[j])) for j in js], color=col[i], lw=1.5, marker=".", ms=3,
+                    label=g.label)
+            drawn = True
+    cx.axvline(0.5, color="0.3", ls="--", lw=1.0)
+    cx.axvspan(0.5, k + 0.5, color="0.85", alpha=0.4, zorder=0)
+    cx.axhline(0, color="k", lw=0.8)
+    cx.set_xlabel("step j after the update u (dashed: the update; shaded: the k steps after)")
+    cx.set_ylabel("d(u+j) − mean d over (u−k, u]")
+    cx.set_title("loss vs static around the updates (mean over updates and seeds)", fontsize=9)
+    cx.grid(alpha=0.25)
+    if drawn:
+        cx.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return None
+
+
 def _finite(v: float | None) -> bool:
     return v is not None and math.isfinite(v)
 
@@ -278,5 +346,6 @@ PLOTS = (
     ("loss_curves.png", "Training loss and topology updates", plot_loss_curves),
     ("ppl_vs_density.png", "Final validation perplexity vs density", plot_ppl_vs_density),
     ("spike_by_method.png", "Loss spike after topology updates", plot_spike_by_method),
+    ("paired_spike_by_method.png", "Paired loss spike vs the static run of the same seed", plot_paired_spike),
     ("update_ratio.png", "Update size of regrown vs mature weights", plot_update_ratio),
 )

@@ -19,7 +19,12 @@ LEGEND = (
     "memory (weights + grads + optimizer state + sparsity metadata + buffers) of the whole model / of "
     "the sparse layers only; *spike mean*: mean over all updates and seeds of `sparsity/spike` (mean "
     "train loss of the k steps after a topology update minus the k steps up to it; > 0 = the update "
-    "hurt); *regrown / mature |Δθ|/lr*: mean update size, in units of the learning rate, of freshly "
+    "hurt; the loss trend makes it negative even without any effect); *paired spike vs static*: the same "
+    "windows on d(t) = loss(t) − loss_static(t), the step-by-step difference to the `static` run of the same "
+    "seed, model, density, data, LR and steps (identical batches, no topology updates), so trend and batch noise "
+    "cancel: mean d over (u, u+k] − mean d over (u−k, u] for each update u (k = the run's "
+    "`sparsity.spike_window`), averaged over a run's updates, then mean ± std over seeds; - when no such static "
+    "run is among the compared runs; *regrown / mature |Δθ|/lr*: mean update size, in units of the learning rate, of freshly "
     "regrown vs mature weights on the first optimizer step after each update; *steps*: optimizer steps "
     "done. Dense runs have no sparse-only settings (shown as -).")
 
@@ -42,6 +47,11 @@ def _runs_rows(groups: Sequence[Group]) -> list[dict]:
     return rows
 
 
+def _short(r) -> str:
+    """A run's directory name (run names repeat across ablation points), or its W&B path's last part."""
+    return Path(r.source).name or r.name
+
+
 def _notes(groups: Sequence[Group], skipped: dict[str, str], warnings: Sequence[str]) -> list[str]:
     notes = [f"`{name}` not drawn: {why}." for name, why in skipped.items()]
     for g in groups:
@@ -51,6 +61,12 @@ def _notes(groups: Sequence[Group], skipped: dict[str, str], warnings: Sequence[
         if g.n_incomplete:
             notes.append(f"group **{g.label}**: {g.n_incomplete} of {len(g.runs)} run(s) incomplete (no summary.json): "
                          "figures computed from metrics.csv up to the last logged step.")
+    sparse = [r for g in groups for r in g.runs if not r.is_dense and r.method != "static"]
+    paired = [r for r in sparse if r.paired_with is not None]
+    if paired:
+        notes.append(f"paired spike: {len(paired)} of {len(sparse)} sparse run(s) paired with a static run "
+                     "(same seed, model, density, data, LR, steps): "
+                     + ", ".join(f"{_short(r)} ↔ {_short(r.paired_with)}" for r in paired) + ".")
     notes += list(warnings)
     return notes
 

@@ -48,6 +48,10 @@ class Run:
     overrides: list[str] | None = None   # .hydra/overrides.yaml
     kind: str = "dir"                # dir | wandb
     duplicates_dropped: int = 0      # repeated (step, metric) cells dropped (resumed runs)
+    # set by smet.report.paired.attach_pairs: the static run of the same seed/model/density/data and
+    # the paired spike per update (None: no partner, or a dense/static run)
+    paired_with: "Run | None" = field(default=None, repr=False, compare=False)
+    paired_spikes: dict[int, float] | None = field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------------ config facts
     def cfg(self, dotted: str, default: Any = None) -> Any:

@@ -163,6 +163,15 @@ class Group:
     def steps(self) -> list[int]:
         return sorted({s for r in self.runs if (s := r.steps) is not None})
 
+    def paired_spike(self) -> tuple[float | None, float | None, int]:
+        """Paired spike vs the static run of the same seed (smet.report.paired): mean ± std over
+        the group's paired runs (seeds) of each run's mean over its updates; and how many runs."""
+        from smet.report.paired import run_mean
+
+        per_run = [v for r in self.runs if (v := run_mean(r)) is not None]
+        m, s = mean_std(per_run)
+        return m, s, len(per_run)
+
 
 def mean_std(xs: Sequence[float | None]) -> tuple[float | None, float | None]:
     """Mean and sample std (ddof 1; None for one value) of the given values; None entries are
@@ -211,6 +220,9 @@ def group_runs(runs: Sequence[Run], group_by: Sequence[str] | None = None) -> li
     explicit keys: exactly those (groups that mix configs list the differing keys in ``mixed``)."""
     if not runs:
         return []
+    from smet.report.paired import attach_pairs
+
+    attach_pairs(runs)  # each sparse run's static partner (same seed/model/density/data): paired spike
     candidates = _candidate_keys(runs)
     if group_by is None:
         keys = list(DEFAULT_GROUP_BY)
@@ -301,13 +313,25 @@ def _ratio_fmt(v: float | None) -> str:
     return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
 
 
+NUM_COLUMNS = ["n seeds", "final val ppl", "best val ppl", "tokens/s", "static MiB (all)", "static MiB (sparse)",
+               "spike mean", "paired spike vs static", "regrown / mature |Δθ|/lr", "steps"]
+
+
 def table_columns(groups: Sequence[Group]) -> list[str]:
     keys = list(groups[0].keys) if groups else list(DEFAULT_GROUP_BY)
     fixed = ["method", "variant", "density", "W", "lr_scaling", "model"]
     extras = [k for k in keys if k not in fixed]
-    return [key_title(k) for k in fixed] + [key_title(k) for k in extras] + [
-        "n seeds", "final val ppl", "best val ppl", "tokens/s", "static MiB (all)", "static MiB (sparse)",
-        "spike mean", "regrown / mature |Δθ|/lr", "steps"]
+    return [key_title(k) for k in fixed] + [key_title(k) for k in extras] + list(NUM_COLUMNS)
+
+
+def paired_cell(g: Group) -> str:
+    """'+0.0070 ± 0.0012' (mean ± std over seeds), '(1 of 2 runs)' when not every run has a static
+    partner, '-' when none has."""
+    m, s, n = g.paired_spike()
+    if m is None:
+        return "-"
+    cell = _f(m, "+.4f") + (f" ± {_f(s, '.4f')}" if s is not None else "")
+    return cell + (f" ({n} of {len(g.runs)} runs)" if n < len(g.runs) else "")
 
 
 def table_rows(groups: Sequence[Group]) -> list[list[str]]:
@@ -334,6 +358,7 @@ def table_rows(groups: Sequence[Group]) -> list[list[str]]:
             _f(g.static_mib("all"), ".2f"),
             _f(g.static_mib("sparse"), ".2f"),
             _f(float(np.mean(spikes)), "+.4f") if spikes else "-",
+            paired_cell(g),
             f"{_ratio_fmt(float(np.mean(reg)))} / {_ratio_fmt(float(np.mean(mat)))}" if reg and mat else "-",
             ("-" if not steps else str(steps[0]) if len(steps) == 1 else f"{steps[0]}–{steps[-1]}"),
         ]
@@ -345,10 +370,9 @@ def markdown_table(groups: Sequence[Group]) -> str:
     cols = table_columns(groups)
     rows = table_rows(groups)
     esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    n_fixed = len(cols) - len(NUM_COLUMNS)
     lines = ["| " + " | ".join(esc(c) for c in cols) + " |",
-             "|" + "|".join("---" if i < 6 else "---:" for i in range(len(cols))) + "|"]
-    n_fixed = len(cols) - 9
-    lines[1] = "|" + "|".join("---" if i < n_fixed else "---:" for i in range(len(cols))) + "|"
+             "|" + "|".join("---" if i < n_fixed else "---:" for i in range(len(cols))) + "|"]
     lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
 
@@ -356,7 +380,7 @@ def markdown_table(groups: Sequence[Group]) -> str:
 def html_table(groups: Sequence[Group]) -> str:
     cols = table_columns(groups)
     rows = table_rows(groups)
-    n_fixed = len(cols) - 9
+    n_fixed = len(cols) - len(NUM_COLUMNS)
     out = ['<table class="summary">', "<thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols)
            + "</tr></thead>", "<tbody>"]
     for r in rows:
@@ -375,19 +399,20 @@ def write_summary_csv(groups: Sequence[Group], path: Path) -> None:
     fields = CSV_FIELDS + extras + [
         "n_seeds", "n_incomplete", "seeds", "final_val_ppl_mean", "final_val_ppl_std", "best_val_ppl",
         "tokens_per_s", "static_mib_all", "static_mib_sparse", "spike_mean", "spike_std", "n_spikes",
-        "update_ratio_regrown", "update_ratio_mature", "steps", "runs"]
+        "paired_spike_mean", "paired_spike_std", "n_paired_runs", "update_ratio_regrown", "update_ratio_mature", "steps", "runs"]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(fields)
         for g in groups:
             m, s = g.final_ppl()
             sp_m, sp_s = mean_std(g.spikes())
+            pm, ps, pn = g.paired_spike()
             reg, mat = g.ratios()
             steps = g.steps()
             row = [g.label] + [_csv(g.value(k)) for k in CSV_FIELDS[1:] + extras] + [
                 len(g.runs), g.n_incomplete, " ".join(_csv(r.seed) for r in g.runs), _csv(m), _csv(s),
                 _csv(g.best_ppl()), _csv(g.tokens_per_s()), _csv(g.static_mib("all")), _csv(g.static_mib("sparse")),
-                _csv(sp_m), _csv(sp_s), len(g.spikes()), _csv(mean_std(reg)[0]), _csv(mean_std(mat)[0]),
+                _csv(sp_m), _csv(sp_s), len(g.spikes()), _csv(pm), _csv(ps), pn, _csv(mean_std(reg)[0]), _csv(mean_std(mat)[0]),
                 _csv(max(steps) if steps else None), " ".join(r.source for r in g.runs)]
             if g.is_dense:
                 row[CSV_FIELDS.index("density")] = "1.0"
@@ -406,9 +431,13 @@ def write_runs_csv(groups: Sequence[Group], path: Path) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["group", "run_name", "seed", "status", "steps", "final_val_ppl", "best_val_ppl", "tokens_per_s",
-                    "spike_mean", "source", "command"])
+                    "spike_mean", "source", "command", "paired_spike_mean", "n_paired_updates", "paired_static"])
+        from smet.report.paired import run_mean
+
         for g in groups:
             for r in g.runs:
                 w.writerow([g.label, r.name, _csv(r.seed), "complete" if r.complete else "incomplete",
                             _csv(r.steps), _csv(r.final_val_ppl), _csv(r.best_val_ppl), _csv(r.tokens_per_s),
-                            _csv(mean_std(r.spikes)[0]), r.source, r.command() or ""])
+                            _csv(mean_std(r.spikes)[0]), r.source, r.command() or "", _csv(run_mean(r)),
+                            len(r.paired_spikes) if r.paired_spikes is not None else "",
+                            r.paired_with.source if r.paired_with is not None else ""])
