@@ -148,12 +148,7 @@ def plot_loss_curves(groups: Sequence[Group], path: Path, title: str = "") -> st
         every_s = f", logged every {min(every)} step{'s' if min(every) > 1 else ''}" if every else ""
         zx.set_title(f"zoom: update at step {u} (±{half}), raw loss{every_s}", fontsize=10)
         zx.grid(alpha=0.25)
-    if title:
-        fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return None
+    return _save(fig, path, suptitle=title)
 
 
 def plot_ppl_vs_density(groups: Sequence[Group], path: Path, title: str = "") -> str | None:
@@ -198,10 +193,7 @@ def plot_ppl_vs_density(groups: Sequence[Group], path: Path, title: str = "") ->
     ax.set_title(title or "final validation perplexity vs density")
     ax.grid(alpha=0.25)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return None
+    return _save(fig, path)
 
 
 def plot_spike_by_method(groups: Sequence[Group], path: Path, title: str = "") -> str | None:
@@ -226,10 +218,7 @@ def plot_spike_by_method(groups: Sequence[Group], path: Path, title: str = "") -
     ax.set_ylabel("loss spike (mean k steps after − k steps up to an update)")
     ax.set_title(title or "loss spike after topology updates (mean ± std over updates and seeds)", fontsize=10)
     ax.grid(axis="y", alpha=0.25)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return None
+    return _save(fig, path)
 
 
 def plot_update_ratio(groups: Sequence[Group], path: Path, title: str = "") -> str | None:
@@ -264,10 +253,7 @@ def plot_update_ratio(groups: Sequence[Group], path: Path, title: str = "") -> s
                  fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.25)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return None
+    return _save(fig, path)
 
 
 def plot_paired_spike(groups: Sequence[Group], path: Path, title: str = "") -> str | None:
@@ -330,8 +316,14 @@ def plot_paired_spike(groups: Sequence[Group], path: Path, title: str = "") -> s
     cx.grid(alpha=0.25)
     if drawn:
         cx.legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=11)
+    return _save(fig, path, suptitle=title)
+
+
+def _save(fig, path: Path, suptitle: str = "") -> None:
+    """Lay out, write and close a figure (the plot functions return None on success)."""
+    plt = _plt()
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
