@@ -106,8 +106,12 @@ class LMModule(L.LightningModule):
 
     def configure_model(self) -> None:
         """Lightning hook (before checkpoint restore and optimizer setup): deferred init on the
-        strategy's root device (each DDP rank its own GPU)."""
-        self.materialize(self.trainer.strategy.root_device)
+        strategy's root device (each DDP rank its own GPU). Also called by ``load_from_checkpoint``
+        (no trainer attached; nothing deferred there)."""
+        if not getattr(self, "_deferred_init", False):
+            return
+        trainer = self._trainer
+        self.materialize(trainer.strategy.root_device if trainer is not None else torch.device("cpu"))
 
     # ------------------------------------------------------------------ training
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
