@@ -241,6 +241,7 @@ with open(os.path.join(run_dir, "metrics.csv"), "w") as f:
 time.sleep(float(os.environ.get("FAKE_SLEEP", "0.2")) * (1 + int(seed) * 20))
 with open(os.path.join(run_dir, "summary.json"), "w") as f:
     json.dump({{"steps": 2, "val_ppl": 90.0, "tokens_per_s": 100.0}}, f)
+time.sleep(float(os.environ.get("FAKE_TEARDOWN", "0")))  # e.g. loggers / process teardown after the summary
 """
 
 
@@ -291,6 +292,17 @@ def test_runner_budget_skips_and_stops_then_packs(tmp_path):
     md = (tmp_path / "pub2" / "report.md").read_text()
     assert md.startswith("# recompared") and "`runs/r0-s0`" in md and "paired spike vs static" in md
     assert not (tmp_path / "pub2" / "report.html").exists()
+
+
+def test_runner_counts_a_run_stopped_in_teardown_as_finished(tmp_path, monkeypatch):
+    """A run killed at the budget after writing summary.json finished its training: status ok, with a note."""
+    from smet.cli.fidelity import PlannedRun, run_all
+
+    monkeypatch.setenv("FAKE_TEARDOWN", "30")
+    runs = [PlannedRun(name="r0-s0", experiment="fidelity", overrides=["seed=0"], seed=0)]
+    run_all(runs, tmp_path / "out", parallel=1, budget_s=1.5, python=str(_fake_python(tmp_path)), repo=REPO,
+            poll_s=0.05, log=lambda m: None)
+    assert runs[0].status == "ok" and "teardown" in runs[0].note
 
 
 def test_gpu_fidelity_script_is_valid_bash():

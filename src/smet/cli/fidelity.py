@@ -243,9 +243,16 @@ def run_all(runs: list[PlannedRun], out: Path, *, parallel: int, budget_s: float
             for name, (r, proc, fh) in list(alive.items()):
                 _stop(proc)
                 fh.close()
-                r.rc, r.wall_s, r.status = proc.returncode, round(elapsed() - r.started_s, 1), "stopped"
-                r.note = f"stopped at the {budget_s:.0f} s budget"
-                log(f"[{elapsed():6.0f}s] stopped {r.name} at the budget (incomplete: metrics.csv so far)")
+                r.rc, r.wall_s = proc.returncode, round(elapsed() - r.started_s, 1)
+                if (out / r.name / "summary.json").is_file():  # training and its summary were done: teardown
+                    r.status = "ok"
+                    r.note = f"finished (summary.json written); stopped during teardown at the {budget_s:.0f} s budget"
+                    finished_walls.append(r.wall_s)
+                else:
+                    r.status = "stopped"
+                    r.note = f"stopped at the {budget_s:.0f} s budget"
+                log(f"[{elapsed():6.0f}s] {r.status:7s} {r.name}: {r.note}"
+                    + ("" if r.status == "ok" else " (incomplete: metrics.csv so far)"))
                 del alive[name]
         while pending and len(alive) < parallel:
             r = pending.pop(0)
