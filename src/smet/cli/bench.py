@@ -607,7 +607,6 @@ STATIC_TOLERANCE = 0.05  # the issue's target: measured static state within 5 % 
 def _record(combo: dict, o: dict, args, model_cfg: dict, tokens: int, peak_flops: float | None = None) -> dict[str, Any]:
     import torch
 
-    from smet.perf import mfu
     from smet.sparse.memory import active_weight_count, method_configs, predict_static
 
     precision = combo["precision"]
@@ -659,8 +658,7 @@ def _record(combo: dict, o: dict, args, model_cfg: dict, tokens: int, peak_flops
         # dense: every weight of the model counted; active: only the active weights of sparse layers
         "flop_params_dense": n_dense, "flop_params_active": n_active,
         "peak_flops": peak_flops,
-        "mfu_dense": mfu(amort, 6.0 * n_dense, peak_flops) if n_dense else None,
-        "mfu_active": mfu(amort, 6.0 * n_active, peak_flops) if n_active else None,
+        **_mfus(amort, n_dense, n_active, peak_flops),
         "static_bytes": {k: static["all"][k] for k in STATIC_KEYS} if static else None,
         "sparse_static_bytes": {k: static["sparse"][k] for k in STATIC_KEYS} if static else None,
         "predicted_static_bytes": {k: pred["all"][k] for k in STATIC_KEYS},
@@ -695,11 +693,18 @@ def _amortised(tokens: float, step_t: float, upd_t: float | None, every: int) ->
     return tokens / (step_t + (max(upd_t - step_t, 0.0) / every if upd_t else 0.0))
 
 
+def _mfus(tokens_per_s: float | None, n_dense: int | None, n_active: int | None,
+          peak_flops: float | None) -> dict[str, float | None]:
+    """MFU (smet.perf) on the dense and on the active parameter count: 6 * N * tokens/s / peak."""
+    from smet.perf import mfu
+
+    return {"mfu_dense": mfu(tokens_per_s, 6.0 * n_dense if n_dense else None, peak_flops),
+            "mfu_active": mfu(tokens_per_s, 6.0 * n_active if n_active else None, peak_flops)}
+
+
 def reamortize(records: list[dict], every: int) -> list[dict]:
     """The records with amortised tok/s and MFU recomputed for an update every ``every`` steps (from the
     measured median steady and update step times; nothing else changes)."""
-    from smet.perf import mfu
-
     out = []
     for r in records:
         r = dict(r)
@@ -707,9 +712,8 @@ def reamortize(records: list[dict], every: int) -> list[dict]:
             tokens = r["tokens_per_s"] * r["step_time_s"]
             r["tokens_per_s_amortised"] = _amortised(tokens, r["step_time_s"], r.get("update_step_time_s"), every)
             r["amortize_interval"] = every
-            for key, n in (("mfu_dense", r.get("flop_params_dense")), ("mfu_active", r.get("flop_params_active"))):
-                if n and r.get("peak_flops"):
-                    r[key] = mfu(r["tokens_per_s_amortised"], 6.0 * n, r["peak_flops"])
+            r.update(_mfus(r["tokens_per_s_amortised"], r.get("flop_params_dense"), r.get("flop_params_active"),
+                           r.get("peak_flops")))
         out.append(r)
     return out
 

@@ -224,12 +224,11 @@ class SMETOptimizer(torch.optim.Optimizer):
         return (g.device == p.device and g.dtype == p.dtype and g.is_contiguous() and p.is_contiguous()
                 and st["exp_avg"].is_contiguous() and st["exp_avg_sq"].is_contiguous())
 
-    def _fused_sparse_update(self, p: torch.nn.Parameter, group: dict, st: dict) -> None:
+    def _fused_sparse_update(self, p: torch.nn.Parameter, group: dict, st: dict, layer) -> None:
         b1, b2 = group["betas"]
         T = st["step"]
         lt = st.get("local_step")
         ramp = self.warmup_shape if (lt is not None and self.regrowth_warmup_steps > 0) else "none"
-        layer = self._layers.get(p)
         dense = layer.dense if layer is not None else None
         if dense is not None and not dense.is_contiguous():
             dense = None
@@ -250,11 +249,11 @@ class SMETOptimizer(torch.optim.Optimizer):
         b = group["block_size"]
         measure = p in self._measure
         old = p.detach().view(-1, b).float().clone() if measure else None
-        if self._fused_ok(p, st):
-            self._fused_sparse_update(p, group, st)
-        else:
-            self._reference_sparse_update(p, group, st)
         layer = self._layers.get(p)
+        if self._fused_ok(p, st):
+            self._fused_sparse_update(p, group, st, layer)
+        else:
+            self._reference_sparse_update(p, group, st, layer)
         if measure:
             delta = (p.detach().view(-1, b).float() - old).abs().mean(1) / group["lr"]
             slots = self._measure[p]
@@ -268,7 +267,7 @@ class SMETOptimizer(torch.optim.Optimizer):
             if (~is_regrown).any():
                 stats["mature"].append(float(d[~is_regrown].mean()))
 
-    def _reference_sparse_update(self, p: torch.nn.Parameter, group: dict, st: dict) -> None:
+    def _reference_sparse_update(self, p: torch.nn.Parameter, group: dict, st: dict, layer) -> None:
         """The update in plain PyTorch ops (CPU, and wherever the fused kernel does not apply)."""
         b = group["block_size"]
         b1, b2 = group["betas"]
@@ -311,7 +310,6 @@ class SMETOptimizer(torch.optim.Optimizer):
             pv.add_(upd.to(pv.dtype), alpha=-lr)
         else:
             pv.sub_((upd * step_lr).to(pv.dtype))
-        layer = self._layers.get(p)
         if layer is not None:
             layer.sync_dense_values()
 
