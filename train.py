@@ -26,5 +26,8 @@ def main(cfg: DictConfig):
 if __name__ == "__main__":
     from smet.cli.train import precheck_output_dirs
 
+    from smet.preflight import main_check
+
     precheck_output_dirs(sys.argv[1:])  # an unwritable output dir: one clear line before Hydra starts
+    main_check(sys.argv[1:])  # bad overrides/keys, every grid point, an existing run: one line, exit 2
     main()
