@@ -179,10 +179,12 @@ def resolve_ckpt_path(ckpt: str, run_dir: str | os.PathLike | None = None) -> st
     own directory when it holds a checkpoint (a SLURM requeue re-runs the same command into the same
     directory), else ``None`` (a fresh start).
     """
-    from smet.lightning.checkpoint_io import checkpoint_problem, newest_intact
+    from smet.checkpoints import checkpoint_problem, content_problem, newest_intact
 
     def pick(directory: Path, required: bool) -> str | None:
         found, skipped = newest_intact(directory)
+        if found is not None and (problem := content_problem(found)) is not None:
+            raise SmetConfigError("ckpt_path", f"{found} is not a usable checkpoint ({problem})")
         for path, problem in skipped:
             warnings.warn(f"ckpt_path: skipping {path} ({problem}); falling back to an older checkpoint")
         if found is not None:
@@ -201,7 +203,7 @@ def resolve_ckpt_path(ckpt: str, run_dir: str | os.PathLike | None = None) -> st
         return pick(p, required=True)
     if not p.is_file():
         raise SmetConfigError("ckpt_path", f"no such checkpoint file: {p}")
-    problem = checkpoint_problem(p)
+    problem = checkpoint_problem(p) or content_problem(p)
     if problem is not None:
         raise SmetConfigError("ckpt_path", f"{p} is not a usable checkpoint ({problem}); pass its run directory "
                                            "to fall back to the newest intact one")
@@ -211,19 +213,23 @@ def resolve_ckpt_path(ckpt: str, run_dir: str | os.PathLike | None = None) -> st
 # what must match between a checkpoint and the run resuming from it
 RESUME_KEYS = ("model.hidden_size", "model.intermediate_size", "model.num_layers", "model.num_heads",
                "sparsity.method", "sparsity.density", "sparsity.block_size", "sparsity.allocation",
-               "sparsity.targets", "data.seq_len")
+               "sparsity.targets", "data.seq_len", "model.vocab_size", "data.tokenizer.kind",
+               "data.tokenizer.vocab_size", "data.tokenizer.name")
 
 
 def check_resume_compatible(ckpt_path: str, cfg: Mapping) -> None:
     """Refuse a checkpoint written by a different model or sparsity layout, naming the key."""
-    from smet.lightning.checkpoint_io import read_hparams
+    from smet.checkpoints import read_hparams
 
     if Path(ckpt_path).is_dir():  # DeepSpeed checkpoint directory: Lightning checks it while loading
         return
     saved = (read_hparams(ckpt_path).get("cfg") or {})
     if not saved:
-        return
+        raise SmetConfigError("ckpt_path", f"{ckpt_path} has no smet run config (hyper_parameters.cfg), so it cannot "
+                                           "be checked against this run; resume only checkpoints written by train.py")
     for key in RESUME_KEYS:
+        if key.startswith("data.tokenizer.") and get(saved, "data.tokenizer") is None:
+            continue  # a checkpoint of a config without a tokenizer section (older runs)
         old, new = get(saved, key), get(cfg, key)
         if key.startswith("sparsity.") and get(saved, "sparsity.method", "dense") == "dense" \
                 and get(cfg, "sparsity.method", "dense") == "dense" and key != "sparsity.method":

@@ -1,4 +1,4 @@
-"""Checkpoint files: atomic writes, integrity checks, resume selection with fallback.
+"""Checkpoint writes through Lightning: atomic (the file checks live in :mod:`smet.checkpoints`).
 
 A checkpoint is written to ``<name>.tmp-<pid>`` next to its final path, flushed to disk and then
 renamed over the final name, so a process killed mid-write (``kill -9``, pre-emption) never leaves a
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import torch
 from lightning.pytorch.plugins.io.torch_plugin import TorchCheckpointIO
 
 from smet.atomic import atomic_write
+from smet.checkpoints import candidates, checkpoint_problem, newest_intact, read_hparams  # noqa: F401 (re-export)
 
 log = logging.getLogger("smet")
 
@@ -31,47 +31,3 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_write(path, lambda f: torch.save(checkpoint, f))
 
 
-def checkpoint_problem(path: str | os.PathLike) -> str | None:
-    """None when ``path`` is an intact torch checkpoint, else a short description of what is wrong."""
-    p = Path(path)
-    if p.is_dir():  # a DeepSpeed checkpoint directory: DeepSpeed validates its own shards
-        return None if (p / "latest").is_file() else "directory without a DeepSpeed 'latest' file"
-    try:
-        if p.stat().st_size == 0:
-            return "empty file"
-        with zipfile.ZipFile(p) as z:
-            bad = z.testzip()
-            if bad is not None:
-                return f"corrupt member {bad}"
-            if not any(n.endswith("data.pkl") for n in z.namelist()):
-                return "not a torch checkpoint (no data.pkl)"
-    except zipfile.BadZipFile:
-        return "truncated or not a zip-format torch checkpoint"
-    except OSError as e:
-        return e.strerror or str(e)
-    return None
-
-
-def candidates(run_dir: str | os.PathLike) -> list[Path]:
-    """Checkpoints of a run directory, newest first: last.ckpt, step checkpoints, Lightning hpc ones."""
-    root = Path(run_dir)
-    found = [*root.glob("checkpoints/*.ckpt"), *root.glob("hpc_ckpt_*.ckpt")]
-    usable = [p for p in found if p.is_file() or (p / "latest").is_file()]  # DeepSpeed: a directory
-    return sorted(usable, key=lambda p: p.stat().st_mtime, reverse=True)
-
-
-def newest_intact(run_dir: str | os.PathLike) -> tuple[Path | None, list[tuple[Path, str]]]:
-    """(newest intact checkpoint of the run dir or None, [(skipped path, problem), ...])."""
-    skipped: list[tuple[Path, str]] = []
-    for p in candidates(run_dir):
-        problem = checkpoint_problem(p)
-        if problem is None:
-            return p, skipped
-        skipped.append((p, problem))
-    return None, skipped
-
-
-def read_hparams(path: str | os.PathLike) -> dict:
-    """The run config stored in a checkpoint (memory-mapped; tensors are not read)."""
-    ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    return dict(ck.get("hyper_parameters") or {})
