@@ -77,9 +77,28 @@ def file_lock(target: str | os.PathLike) -> Iterator[None]:
     if fcntl is None:  # pragma: no cover
         yield
         return
-    with open(lock_path, "a+") as fh:
+    try:
+        fh = open(lock_path, "a+")
+    except OSError:  # a read-only (shared) cache: nothing can be built in it, so there is nothing to lock
+        yield
+        return
+    with fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def writable_dir(path: str | os.PathLike) -> bool:
+    """True when files can be created in ``path`` (a real probe: root passes os.access checks on a
+    read-only mount)."""
+    import tempfile
+
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".smet-probe-", dir=path)
+        os.close(fd)
+        os.unlink(tmp)
+        return True
+    except OSError:
+        return False

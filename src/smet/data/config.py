@@ -270,6 +270,7 @@ def parse_data_config(cfg: Any) -> DataConfig:
         cache_dir = default_cache_dir()
     cache_dir = _str(os.fspath(cache_dir) if isinstance(cache_dir, os.PathLike) else cache_dir,
                      "data.cache_dir")
+    check_cache_dir(cache_dir)
 
     corpora = parse_corpora(raw.get("corpora"), source)
 
@@ -278,3 +279,16 @@ def parse_data_config(cfg: Any) -> DataConfig:
         seq_len=seq_len, batch_size=batch_size, val_fraction=val_fraction, max_val_sequences=max_val,
         num_workers=num_workers, seed=seed, cache_dir=cache_dir,
     )
+
+
+def check_cache_dir(cache_dir: str) -> None:
+    """``data.cache_dir`` must be a directory or creatable as one (a complete read-only cache is fine:
+    entries are only written when missing or broken, and that case names the path)."""
+    p = Path(cache_dir).expanduser()
+    if p.exists() and not p.is_dir():
+        raise SmetConfigError("data.cache_dir", f"{p} exists and is not a directory")
+    if not p.exists():
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SmetConfigError("data.cache_dir", f"cannot create {p} ({e.strerror or e})") from None

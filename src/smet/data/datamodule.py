@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from smet.data.cache import atomic_save_npy, atomic_write_json, file_lock, sha256_hex
+from smet.data.cache import atomic_save_npy, atomic_write_json, file_lock, sha256_hex, writable_dir
 from smet.data.config import DataConfig, parse_data_config
 from smet.data.corpus import CorpusSplit, make_corpus
 from smet.data.packing import (
@@ -60,6 +60,37 @@ log = logging.getLogger(__name__)
 
 TOKENS_FORMAT_VERSION = "1"
 HUB_UNIGRAM_TOKENS = 1_000_000  # train tokens streamed to estimate the hub unigram baseline
+
+
+
+TOKEN_FILES = ("train.npy", "val.npy", "docs.json")
+
+
+def token_cache_problem(tokens_dir: Path) -> str | None:
+    """None when a token cache entry is complete and consistent with its meta.json, else what is
+    wrong (garbage meta, a missing or truncated array, a size that differs from the one recorded)."""
+    try:
+        meta = json.loads((tokens_dir / "meta.json").read_text(encoding="utf-8"))
+        counts = {"train.npy": int(meta["n_train_tokens"]), "val.npy": int(meta["n_val_tokens"])}
+        for key in ("n_train_docs", "n_val_docs", "dtype"):
+            meta[key]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"meta.json unreadable ({e.__class__.__name__})"
+    for name in TOKEN_FILES:
+        path = tokens_dir / name
+        if not path.is_file():
+            return f"{name} missing"
+        recorded = (meta.get("files") or {}).get(name)
+        if recorded is not None and path.stat().st_size != recorded:
+            return f"{name} has {path.stat().st_size} bytes, meta.json recorded {recorded}"
+    for name, n in counts.items():
+        try:
+            arr = np.load(tokens_dir / name, mmap_mode="r")
+        except (OSError, ValueError, EOFError) as e:
+            return f"{name} unreadable ({str(e).splitlines()[0][:80] if str(e) else e.__class__.__name__})"
+        if arr.ndim != 1 or len(arr) != n or str(arr.dtype) != str(meta["dtype"]):
+            return f"{name} holds {arr.shape} {arr.dtype}, meta.json says {n} x {meta['dtype']}"
+    return None
 
 
 class LMDataModule(L.LightningDataModule):
@@ -282,6 +313,13 @@ class LMDataModule(L.LightningDataModule):
         meta_path = tokens_dir / "meta.json"
         with file_lock(tokens_dir):
             tokens_cached = meta_path.is_file()
+            if tokens_cached and (problem := token_cache_problem(tokens_dir)) is not None:
+                if not writable_dir(tokens_dir):
+                    raise SmetConfigError("data.cache_dir", f"token cache {tokens_dir} is unusable ({problem}) and "
+                                                            "read-only; delete it or point data.cache_dir at a "
+                                                            "writable cache")
+                log.warning("token cache %s is unusable (%s); tokenising again", tokens_dir, problem)
+                tokens_cached = False
             if not tokens_cached:
                 split = split_loader()
                 t = time.perf_counter()
@@ -304,6 +342,7 @@ class LMDataModule(L.LightningDataModule):
                     "n_val_docs": split.n_val_docs,
                     "split_info": split.info,
                     "encode_seconds": round(encode_s, 3),
+                    "files": {name: (tokens_dir / name).stat().st_size for name in TOKEN_FILES},
                 }
                 atomic_write_json(meta_path, meta)
             meta = json.loads(meta_path.read_text(encoding="utf-8"))

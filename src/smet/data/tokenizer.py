@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from smet.data.cache import atomic_write_text, file_lock, sha256_hex
+from smet.data.cache import atomic_write_text, file_lock, sha256_hex, writable_dir
 from smet.errors import SmetConfigError
 
 log = logging.getLogger(__name__)
@@ -95,9 +95,19 @@ def load_or_train_bpe(cache_dir: Path, corpus_fingerprint: str, vocab_size: int,
     path = bpe_cache_path(cache_dir, corpus_fingerprint, vocab_size)
     with file_lock(path):
         if path.is_file():
-            tok = Tokenizer.from_file(str(path))
-            log.info("loaded cached tokenizer %s", path)
-            return _handle_from_bpe(tok, path, trained=False, seconds=0.0)
+            try:
+                tok = Tokenizer.from_file(str(path))
+                if tok.get_vocab_size() < 2:
+                    raise ValueError("empty vocabulary")
+                log.info("loaded cached tokenizer %s", path)
+                return _handle_from_bpe(tok, path, trained=False, seconds=0.0)
+            except Exception as e:  # truncated or garbage file: rebuild it (or say why we cannot)
+                reason = str(e).strip().splitlines()[0][:100] if str(e).strip() else e.__class__.__name__
+                if not writable_dir(path.parent):
+                    raise SmetConfigError("data.cache_dir", f"cached tokenizer {path} is unreadable ({reason}) and "
+                                                            "the cache is read-only; delete the file or point "
+                                                            "data.cache_dir at a writable cache") from None
+                log.warning("cached tokenizer %s is unreadable (%s); training it again", path, reason)
         texts = get_train_texts()
         t0 = time.perf_counter()
         tok = train_bpe(texts, vocab_size)
