@@ -108,3 +108,29 @@ def test_conf_keys_come_from_conf():
               "sparsity.density_schedule.initial", "data.tokenizer.vocab_size"):
         assert k in keys, k
     assert "sparsity.densty" not in keys
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["trainer.strategy=nonsense"], "trainer.strategy: unknown strategy 'nonsense'"),
+    (["sparsity=smet", "sparsity.targets=[nope]"], "sparsity.targets: unknown module name(s) nope"),
+    (["model.init_std=-1"], "model.init_std: must be > 0.0"),
+    (["model.norm_eps=-1"], "model.norm_eps: must be > 0.0"),
+    (["model.rope_theta=0"], "model.rope_theta: must be > 0.0"),
+    (["trainer.cpu_threads=-1"], "trainer.cpu_threads: must be >= 1"),
+    (["trainer.cpu_threads=abc"], "trainer.cpu_threads: must be an integer"),
+    (["trainer.limit_val_batches=-1"], "trainer.limit_val_batches: must be null, an integer >= 1"),
+    (["trainer.deterministic=maybe"], "trainer.deterministic: must be true or false"),
+    (["sparsity=smet", "sparsity.update_start=50", "sparsity.update_stop=10"], "sparsity.update_start: 50 is after"),
+    (["sparsity=smet", "sparsity.spike_window=0"], "sparsity.spike_window: must be an integer >= 1"),
+    (["sparsity=smet", "sparsity.erk_power_scale=-1"], "sparsity.erk_power_scale: must be a number >= 0"),
+    (["sparsity.density=0.5"], "sparsity.density: 0.5 has no effect with sparsity=dense"),
+    (["sparsity=smet", "sparsity.density=0.00001"], "leaves no active weight in the smallest sparse layer"),
+])
+def test_values_that_used_to_crash_or_be_ignored(args, msg):
+    with pytest.raises(PreflightError) as e:
+        check_command(args)
+    assert msg in str(e.value)
+
+
+def test_an_experiment_may_still_sweep_dense_beside_a_sparse_density():
+    check_command(["-m", "+experiment=method_compare"])  # sets sparsity.density=0.25, sweeps sparsity=dense,...

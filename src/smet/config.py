@@ -66,6 +66,16 @@ def _choice(cfg, key, options, required=True):
     return v
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _bool(cfg, key) -> None:
+    v = get(cfg, key)
+    if v is not None and not isinstance(v, bool):
+        raise SmetConfigError(key, f"must be true or false, got {v!r}")
+
+
 def check_trainer(cfg: Mapping) -> None:
     _int(cfg, "trainer.max_steps", lo=1)
     _int(cfg, "trainer.val_every_n_steps", lo=1)
@@ -83,6 +93,13 @@ def check_trainer(cfg: Mapping) -> None:
     _choice(cfg, "trainer.on_nonfinite", ("skip", "stop", "off"), required=False)
     _float(cfg, "trainer.gradient_clip_val", lo=0.0, lo_open=True, required=False)
     _int(cfg, "trainer.checkpoint_every_n_steps", lo=1, required=False)
+    _int(cfg, "trainer.cpu_threads", lo=1, required=False)
+    lvb = get(cfg, "trainer.limit_val_batches")
+    if lvb is not None and not ((_is_int(lvb) and lvb >= 1) or (isinstance(lvb, float) and 0.0 < lvb <= 1.0)):
+        raise SmetConfigError("trainer.limit_val_batches",
+                              f"must be null, an integer >= 1 (batches) or a fraction in (0, 1], got {lvb!r}")
+    for key in ("deterministic", "compile", "model_summary"):
+        _bool(cfg, f"trainer.{key}")
 
 
 def check_optimizer(cfg: Mapping) -> None:
@@ -104,6 +121,9 @@ def check_model(cfg: Mapping) -> None:
     if get(cfg, "model.hidden_size") % get(cfg, "model.num_heads"):
         raise SmetConfigError("model.num_heads", "must divide model.hidden_size")
     _int(cfg, "model.vocab_size", lo=1, required=False)
+    for key in ("init_std", "norm_eps", "rope_theta"):
+        _float(cfg, f"model.{key}", lo=0.0, lo_open=True, required=False)
+    _bool(cfg, "model.gradient_checkpointing")
 
 
 def check_data(cfg: Mapping) -> None:

@@ -170,6 +170,21 @@ def check_appended_keys(overrides: list[str], conf: Path) -> None:
         raise PreflightError(f"{key}: unknown key (no config in conf/ defines it){hint}")
 
 
+def check_dense_density(cfg: Any, overrides: list[str]) -> None:
+    """``sparsity.density=0.5`` given on the command line of a dense run would be ignored: refuse it.
+    (An experiment may set a density for its sparse points and still sweep ``sparsity=dense``.)"""
+    given = _last(overrides, "sparsity.density")
+    method = (cfg.get("sparsity") or {}).get("method", "dense")
+    if given is not None and method == "dense":
+        try:
+            value = float(given)
+        except ValueError:
+            return
+        if value != 1.0:
+            raise SmetConfigError("sparsity.density", f"{given} has no effect with sparsity=dense (density 1); pick a "
+                                                      f"sparse method, e.g. sparsity=smet sparsity.density={given}")
+
+
 def check_command(argv: list[str], conf: Path | None = None) -> None:
     """Compose every job of ``train.py <argv>`` and check it; raise PreflightError (one line)."""
     from smet.config import validate
@@ -227,6 +242,7 @@ def check_command(argv: list[str], conf: Path | None = None) -> None:
             raise PreflightError(f"bad override in {' '.join(overrides)}: {one_line(e)}") from None
         try:
             validate(cfg)
+            check_dense_density(cfg, overrides)
         except SmetConfigError as e:
             raise PreflightError(str(e)) from None
         explicit = cfg.get("output_dir") or _last(overrides, "hydra.run.dir")

@@ -78,12 +78,15 @@ def check_strategy_config(t: Mapping) -> None:
         raise SmetConfigError("trainer.strategy", f"must be a strategy name (auto, ddp, ...), got {name!r}")
     if name == "ddp":
         ddp_options(t)
+    if name not in STRATEGIES and not name.startswith("deepspeed"):
+        raise SmetConfigError("trainer.strategy", f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
     if name.startswith("deepspeed") and name not in DEEPSPEED_STRATEGIES:
         raise SmetConfigError("trainer.strategy", f"unsupported DeepSpeed strategy {name!r}; choose "
                                                   f"{' or '.join(DEEPSPEED_STRATEGIES)}")
 
 
 DEEPSPEED_STRATEGIES = ("deepspeed_stage_1", "deepspeed_stage_2")
+STRATEGIES = ("auto", "single_device", "ddp", *DEEPSPEED_STRATEGIES)
 
 
 def check_deepspeed_sparsity(strategy: str, method: str) -> None:

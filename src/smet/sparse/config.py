@@ -18,6 +18,8 @@ DENSITY_SCHEDULES = ("constant", "gradual")
 LR_SCALING = ("none", "inverse", "inverse_sqrt")
 LR_SCALING_SCOPE = ("sparse", "all")
 WARMUP_SHAPES = ("linear", "momentum")
+# sparsifiable modules of a LLaMA block, plus the head (names as in the HF LLaMA layout)
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
 
 
 def _num(v: Any) -> bool:
@@ -62,6 +64,15 @@ def check_sparsity_config(sp: Mapping, opt: Mapping, model: Mapping | None = Non
         v = sp.get(key)
         if v is not None and (not _is_int(v) or v < 0):
             raise SmetConfigError(f"sparsity.{key}", f"must be null or a non-negative integer, got {v!r}")
+    start, stop = sp.get("update_start"), sp.get("update_stop")
+    if _is_int(start) and _is_int(stop) and start > stop:
+        raise SmetConfigError("sparsity.update_start", f"{start} is after sparsity.update_stop={stop}")
+    sw = sp.get("spike_window", 10)
+    if not _is_int(sw) or sw < 1:
+        raise SmetConfigError("sparsity.spike_window", f"must be an integer >= 1, got {sw!r}")
+    eps = sp.get("erk_power_scale", 1.0)
+    if not _num(eps) or eps < 0:
+        raise SmetConfigError("sparsity.erk_power_scale", f"must be a number >= 0, got {eps!r}")
     for key in ("drop_fraction", "drop_fraction_end"):
         v = sp.get(key)
         if not _num(v) or not 0.0 <= v < 1.0:
@@ -72,6 +83,18 @@ def check_sparsity_config(sp: Mapping, opt: Mapping, model: Mapping | None = Non
     targets = sp.get("targets")
     if not targets or isinstance(targets, str):
         raise SmetConfigError("sparsity.targets", f"must be a non-empty list of module names, got {targets!r}")
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown:
+        raise SmetConfigError("sparsity.targets", f"unknown module name(s) {', '.join(map(str, unknown))}; choose "
+                                                  f"from {', '.join(TARGETS)}")
+    if model and sp.get("allocation", "uniform") == "uniform":
+        h, i = model.get("hidden_size"), model.get("intermediate_size")
+        if _is_int(h) and _is_int(i):
+            smallest = min(h * h if t.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) else h * i for t in targets
+                           if t != "lm_head")  if any(t != "lm_head" for t in targets) else h * h
+            if round(d * smallest / b) < 1:
+                raise SmetConfigError("sparsity.density", f"{d} leaves no active weight in the smallest sparse "
+                                                          f"layer ({smallest} weights, block size {b})")
     ds = sp.get("density_schedule") or {"kind": "constant"}
     _choice(ds, "kind", DENSITY_SCHEDULES, "sparsity.density_schedule")
     if ds.get("kind") == "gradual":
