@@ -17,8 +17,11 @@ On-disk sources:
   - ``.jsonl`` / ``.json``: one document per row, text in ``data.text_field``.
   - ``.parquet``: one document per row, text in ``data.text_field``.
 
-  Files are read with Hugging Face ``datasets`` (``load_dataset("text"|"json"|"parquet",
+  Text files are read directly (UTF-8, one pass: 10,000 small files take under a second);
+  JSON and Parquet with Hugging Face ``datasets`` (``load_dataset("json"|"parquet",
   data_files=..., streaming=True)``; local builders work with ``HF_DATASETS_OFFLINE=1``).
+  Symlinks are followed, but every real directory and file is read once (a loop cannot
+  multiply the corpus).
   Each document's key is ``<path relative to the corpus root>:<row>``; a document is in
   validation when sha1(key) mapped to [0, 1) is below ``val_fraction`` (at least one
   document is always held out and at least one kept for training).
@@ -280,12 +283,45 @@ def _original_cwd() -> str | None:
 
 
 def _walk_dir(root: Path) -> list[Path]:
+    """Every non-hidden file below ``root``, following symlinks, but each real directory and each
+    real file once: a symlink loop or a second link to the same data cannot multiply the corpus."""
     out: list[Path] = []
+    seen_dirs: set[tuple[int, int]] = set()
+    seen_files: set[tuple[int, int]] = set()
+    skipped = 0
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen_dirs:
+            dirnames[:] = []
+            skipped += 1
+            continue
+        seen_dirs.add((st.st_dev, st.st_ino))
+        keep = []
+        for d in sorted(d for d in dirnames if not d.startswith(".")):
+            try:
+                dst = os.stat(os.path.join(dirpath, d))
+            except OSError:  # a dangling link
+                continue
+            if (dst.st_dev, dst.st_ino) in seen_dirs:
+                skipped += 1
+            else:
+                keep.append(d)
+        dirnames[:] = keep
         for fn in sorted(filenames):
-            if not fn.startswith("."):
-                out.append(Path(dirpath) / fn)
+            if fn.startswith("."):
+                continue
+            try:
+                fst = os.stat(os.path.join(dirpath, fn))
+            except OSError:
+                continue
+            if (fst.st_dev, fst.st_ino) in seen_files:
+                skipped += 1
+                continue
+            seen_files.add((fst.st_dev, fst.st_ino))
+            out.append(Path(dirpath) / fn)
+    if skipped:
+        log.warning("data.path %s: %d linked directories/files seen twice (symlink loop or duplicate links) were "
+                    "read once", root, skipped)
     return out
 
 
@@ -428,6 +464,18 @@ class LocalFilesCorpus:
                 msg = str(exc).splitlines()[0] if str(exc) else ""
                 raise SmetConfigError("data.path", f"cannot read {self._rel(f)}: {type(exc).__name__}: {msg}") from None
 
+    def _iter_text_files(self, files: list[Path]):
+        """Yield (file, 0, whole text) per .txt/.md file: read directly (one pass, universal newlines,
+        as ``datasets``' text builder with ``sample_by='document'`` does), so 10,000 small files load in
+        seconds instead of one dataset split each."""
+        for f in files:
+            try:
+                with open(f, encoding="utf-8") as fh:
+                    yield f, 0, fh.read()
+            except (OSError, UnicodeDecodeError) as exc:
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:100]
+                raise SmetConfigError("data.path", f"cannot read {self._rel(f)}: {type(exc).__name__}: {why}") from None
+
     def _documents(self):
         """Yield (key, text) for every non-empty document, files in sorted order."""
         text_files = [f for f in self.files if _ext(f) in TEXT_EXTS]
@@ -435,7 +483,7 @@ class LocalFilesCorpus:
         pq_files = [f for f in self.files if _ext(f) in PARQUET_EXTS]
         by_file: dict[Path, list[tuple[str, str]]] = {}
         if text_files:
-            for f, _row, text in self._iter_rows("text", text_files, "text", sample_by="document"):
+            for f, _row, text in self._iter_text_files(text_files):
                 if not text:
                     continue
                 if self.single_text_file:
