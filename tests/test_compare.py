@@ -20,7 +20,8 @@ from smet.cli.compare import main
 from smet.report.runs import load_run_dir, parse_metrics_csv, run_from_wandb
 
 METHODS = ("dense", "set", "smet")
-PNGS = ("loss_curves.png", "ppl_vs_density.png", "spike_by_method.png", "update_ratio.png")
+# one density, three methods: the swept key is the method (W, LR scaling, ... come with it)
+PNGS = ("loss_curves.png", "curves_vs_tokens.png", "ppl_vs_method.png", "spike_by_method.png", "update_ratio.png")
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +132,7 @@ def test_resumed_run_duplicates_are_deduplicated(sweep, tmp_path, capsys):
     run = tmp_path / "runs" / "resumed"
     shutil.copytree(src, run, ignore=shutil.ignore_patterns("checkpoints"))
     (run / "summary.json").unlink()
+    (run / "train.log").unlink(missing_ok=True)
     with open(src / "metrics.csv", newline="") as f:
         header, *rows = list(csv.reader(f))
     step = header.index("step")
@@ -146,6 +148,8 @@ def test_resumed_run_duplicates_are_deduplicated(sweep, tmp_path, capsys):
             again.append(r)
     with open(run / "metrics.csv", "w", newline="") as f:
         csv.writer(f).writerows([header, *rows, *again])
+    old = time.time() - 2 * 3600  # last written two hours ago: died (not running)
+    os.utime(run / "metrics.csv", (old, old))
 
     orig, _ = parse_metrics_csv(src / "metrics.csv")
     r = load_run_dir(run)
@@ -164,9 +168,9 @@ def test_resumed_run_duplicates_are_deduplicated(sweep, tmp_path, capsys):
     (row,) = read_csv(out / "summary.csv")
     assert float(row["final_val_ppl_mean"]) == pytest.approx(last_ppl) and row["n_incomplete"] == "1"
     (run_row,) = read_csv(out / "runs.csv")
-    assert run_row["status"] == "incomplete"
-    assert "incomplete" in (out / "report.md").read_text()
-    assert "1 (1 incomplete)" in capsys.readouterr().out
+    assert run_row["status"] == "crashed" and row["n_crashed"] == "1"
+    assert "1 run(s) crashed" in (out / "report.md").read_text()
+    assert "(1 crashed)" in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -194,8 +198,8 @@ def test_dense_only_skips_sparse_plots_gracefully(sweep, tmp_path):
     out = tmp_path / "rep"
     assert main([str(summaries(sweep)["dense"]["dir"]), "--out", str(out)]) == 0
     assert (out / "loss_curves.png").is_file()
-    for name in ("ppl_vs_density.png", "spike_by_method.png", "update_ratio.png"):
-        assert not (out / name).exists()
+    for name in ("ppl_vs_*.png", "spike_by_method.png", "update_ratio.png"):
+        assert not list(out.glob(name))
         assert f"`{name}` not drawn" in (out / "report.md").read_text()
 
 
@@ -475,3 +479,157 @@ def test_paired_spike_plot_skipped_without_static_runs(tmp_path):
     assert row["paired_spike_mean"] == "" and not (out / "paired_spike_by_method.png").exists()
     assert "`paired_spike_by_method.png` not drawn" in (out / "report.md").read_text()
     assert "| - |" in (out / "summary.md").read_text()
+
+
+# ----------------------------------------------------------------------------- the usage loop: sweeps, status
+def md_rows(path: Path) -> tuple[list[str], list[list[str]]]:
+    header, _, *body = [line for line in path.read_text().splitlines() if line.startswith("|")]
+    split = lambda line: [c.strip() for c in line.strip("|").split("|")]  # noqa: E731
+    return split(header), [split(line) for line in body]
+
+
+def test_w_ablation_plots_against_w_not_density(tmp_path):
+    runs = tmp_path / "runs"
+    for i, w in enumerate((0, 10, 100, 1000)):
+        for seed in (1, 2):
+            fake_run(runs / f"w{w}-s{seed}", seed, 100.0 + i + seed, regrowth_warmup_steps=w)
+    out = tmp_path / "rep"
+    res_code = main([str(runs), "--out", str(out)])
+    assert res_code == 0
+    assert (out / "ppl_vs_W.png").is_file() and not (out / "ppl_vs_density.png").exists()
+    assert png_size(out / "ppl_vs_W.png")[0] >= 900
+    md = (out / "report.md").read_text()
+    assert "vs W (optimizer.regrowth_warmup_steps)" in md and "](ppl_vs_W.png)" in md
+    rows = read_csv(out / "summary.csv")
+    assert [r["W"] for r in rows] == ["0", "10", "100", "1000"] and all(r["n_seeds"] == "2" for r in rows)
+
+    from smet.report.plots import sweep_axes
+    from smet.report.table import group_runs
+
+    groups = group_runs([load_run_dir(d) for d in sorted(runs.iterdir())])
+    assert [a for a, _ in sweep_axes(groups)] == ["W"]
+    assert [g.label for g in groups] == ["smet W=0", "smet W=10", "smet W=100", "smet W=1000"]
+
+
+def test_lr_and_density_grid_gives_one_figure_per_swept_key(tmp_path):
+    import yaml
+
+    runs = tmp_path / "runs"
+    for lr in (1e-3, 3e-3):
+        for d in (0.25, 0.5):
+            fake_run(runs / f"lr{lr}-d{d}", 1, 100.0 + 1000 * lr + d, lr=lr)
+            cfg = yaml.safe_load((runs / f"lr{lr}-d{d}" / "config.yaml").read_text())
+            cfg["sparsity"]["density"] = d
+            (runs / f"lr{lr}-d{d}" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "rep"
+    assert main([str(runs), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.glob("ppl_vs_*.png")) == ["ppl_vs_density.png", "ppl_vs_lr.png"]
+    header, body = md_rows(out / "summary.md")
+    assert "lr" in header and len(body) == 4
+
+
+def test_every_differing_key_is_in_table_and_legend(tmp_path):
+    """A batch-16 run beside batch-4 runs of other methods: grouping alone would not show it."""
+    runs = tmp_path / "runs"
+    loss_run(runs / "dense-s0", "dense", 0, trend(0))
+    loss_run(runs / "set-s0", "set", 0, trend(0), (20, 40))
+    loss_run(runs / "smet-b16", "smet", 0, trend(0), (20, 40))
+    cfg = (runs / "smet-b16" / "config.yaml").read_text()
+    (runs / "smet-b16" / "config.yaml").write_text(cfg.replace("batch_size: 4", "batch_size: 16"))
+    out = tmp_path / "rep"
+    assert main([str(runs), "--out", str(out)]) == 0
+    header, body = md_rows(out / "summary.md")
+    col = header.index("data.batch_size")
+    assert {r[0]: r[col] for r in body} == {"dense": "4", "set": "4", "smet": "16"}
+    from smet.report.table import group_runs
+
+    labels = [g.label for g in group_runs([load_run_dir(d) for d in sorted(runs.iterdir())])]
+    assert labels == ["dense batch_size=4", "set batch_size=4", "smet batch_size=16"]
+    assert "`data.batch_size`" in (out / "report.md").read_text()
+    # tokens = step x batch x seq: the batch-16 run covers 4x the tokens per step
+    r16, r4 = load_run_dir(runs / "smet-b16"), load_run_dir(runs / "set-s0")
+    assert r16.tokens_per_step == 16 * 32 and r4.tokens_per_step == 4 * 32
+
+
+def test_identical_runs_are_one_seed_not_two(tmp_path):
+    runs = tmp_path / "runs"
+    fake_run(runs / "a", 1, 100.0)
+    fake_run(runs / "a-again", 1, 100.0)   # same config and seed; other directory / run name
+    fake_run(runs / "b", 2, 110.0)
+    out = tmp_path / "rep"
+    assert main([str(runs), "--out", str(out)]) == 0
+    (row,) = read_csv(out / "summary.csv")
+    assert row["n_seeds"] == "2" and row["n_duplicates"] == "1" and row["seeds"] == "1 2"
+    assert float(row["final_val_ppl_mean"]) == pytest.approx(105.0)
+    md = (out / "report.md").read_text()
+    assert "not counted as separate seeds" in md and "`a-again` = `a`" in md
+    _, body = md_rows(out / "summary.md")
+    assert "2 (+1 duplicate not counted)" in body[0]
+    dup = [r for r in read_csv(out / "runs.csv") if r["duplicate_of"]]
+    assert len(dup) == 1 and dup[0]["source"].endswith("a-again") and dup[0]["duplicate_of"].endswith("/a")
+    # the same seed twice alone: one run, no "± 0.00"
+    out2 = tmp_path / "rep2"
+    assert main([str(runs / "a"), str(runs / "a-again"), "--out", str(out2)]) == 0
+    (row,) = read_csv(out2 / "summary.csv")
+    assert row["n_seeds"] == "1" and row["final_val_ppl_std"] == ""
+    assert "±" not in md_rows(out2 / "summary.md")[1][0][md_rows(out2 / "summary.md")[0].index("final val ppl")]
+
+
+def test_status_finished_running_crashed(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    fake_run(runs / "done", 1, 100.0)
+    fake_run(runs / "live", 2, 100.0)
+    fake_run(runs / "dead", 3, 100.0)
+    fake_run(runs / "stopped", 4, 100.0)
+    (runs / "live" / "summary.json").unlink()
+    (runs / "dead" / "summary.json").unlink()
+    old = time.time() - 3600
+    os.utime(runs / "dead" / "metrics.csv", (old, old))
+    (runs / "stopped" / "summary.json").write_text(json.dumps({"steps": 2, "val_ppl": 120.0, "status": "interrupted"}))
+    status = {Path(r.source).name: r.status() for r in map(load_run_dir, sorted(runs.iterdir()))}
+    assert status == {"done": "finished", "live": "running", "dead": "crashed", "stopped": "interrupted"}
+    out = tmp_path / "rep"
+    assert main([str(runs), "--out", str(out), "--group-by", "method"]) == 0
+    assert "(1 running, 1 interrupted, 1 crashed)" in capsys.readouterr().out
+    per_run = {Path(r["source"]).name: r["status"] for r in read_csv(out / "runs.csv")}
+    assert per_run == status
+    header, body = md_rows(out / "summary.md")
+    assert body[0][header.index("status")] == "1 finished, 1 running, 1 interrupted, 1 crashed"
+    page = (out / "report.html").read_text()
+    assert 'class="status-running"' in page and 'class="status-crashed"' in page
+    wb = run_from_wandb(*wandb_triple(), state="running")
+    assert wb.status() == "running" and run_from_wandb(*wandb_triple(), state="crashed").status() == "crashed"
+
+
+def test_baseline_option_and_difference_panel(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    loss_run(runs / "dense-s0", "dense", 0, trend(0))
+    loss_run(runs / "set-s0", "set", 0, {s: v + 0.01 for s, v in trend(0).items()}, (20, 40))
+    from smet.cli.compare import find_baseline, make_report
+    from smet.report.runs import ReportError
+    from smet.report.table import group_runs
+
+    loaded = [load_run_dir(d) for d in sorted(runs.iterdir())]
+    groups = group_runs(loaded)
+    assert find_baseline(groups, None) == 0 and groups[0].is_dense  # default: the dense group
+    assert find_baseline(groups, "set") == 1 and find_baseline(groups, "set-s0") == 1
+    assert find_baseline(groups, str(runs / "set-s0")) == 1
+    with pytest.raises(ReportError, match="--baseline"):
+        find_baseline(groups, "nope")
+    out = tmp_path / "rep"
+    assert main([str(runs), "--out", str(out), "--baseline", "set"]) == 0
+    md = (out / "report.md").read_text()
+    assert "baseline of the difference panels: **set**" in md and "](curves_vs_tokens.png)" in md
+    assert png_size(out / "curves_vs_tokens.png")[1] >= 900  # two rows: curves, differences
+    assert main([str(runs), "--out", str(tmp_path / "rep2"), "--baseline", "nope"]) == 2
+    assert "--baseline" in capsys.readouterr().err
+
+
+def test_many_curves_get_distinct_styles():
+    from smet.report.plots import styles
+    from smet.report.table import Group
+
+    groups = [Group(keys=("method",), values=("smet",), runs=[run_from_wandb(*wandb_triple(seed=i))])
+              for i in range(40)]
+    st = styles(groups)
+    assert len({(s["color"], s["ls"]) for s in st.values()}) == 40

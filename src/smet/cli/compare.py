@@ -1,7 +1,7 @@
 """``smet-compare``: one comparison report over many training runs (local directories and/or W&B).
 
 Reads each run's ``config.yaml``, ``metrics.csv`` (repeated steps after a resume: the last row
-wins) and ``summary.json`` (optional: runs that died are reported as *incomplete* from their
+wins) and ``summary.json`` (optional: running, interrupted and crashed runs are reported from their
 metrics), groups runs with the same config except the seed, and writes into ``--out``:
 ``summary.csv``, ``summary.md``, ``runs.csv``, the PNG figures, ``report.md`` and a
 self-contained ``report.html``. Offline and fast: no torch import, seconds for tens of runs.
@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Sequence
 
 REPORT_FILES = ("summary.csv", "summary.md", "runs.csv", "report.md", "report.html", "loss_curves.png",
-                "ppl_vs_density.png", "spike_by_method.png", "paired_spike_by_method.png", "update_ratio.png")
+                "curves_vs_tokens.png", "spike_by_method.png", "paired_spike_by_method.png", "update_ratio.png")
+REPORT_GLOBS = ("ppl_vs_*.png",)  # one per swept key
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,13 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "--wandb is given."),
         epilog=_fill("PATH is a run directory (holds config.yaml and metrics.csv, as written by train.py) or any "
                      "directory above run directories (searched recursively), e.g. outputs/ or multirun/DATE/TIME. "
-                     "Runs without summary.json (died) are included from their metrics.csv and marked incomplete; "
-                     "rows repeated after a resume count once (the last one).") + "\n\n" +
+                     "Status: finished (summary.json), running (no summary, metrics.csv written in the last 15 "
+                     "min) or crashed (no summary, stale metrics); unfinished runs are included from their "
+                     "metrics.csv; rows repeated after a resume count once (the last one); identical runs (same "
+                     "config and seed, other directory / run name) count once.") + "\n\n" +
                _fill("group-by keys (comma separated): " + ", ".join(KEYS) + ", or any dotted config key (e.g. "
                      "optimizer.lr,sparsity.drop_fraction). Default (auto): " + ",".join(DEFAULT_GROUP_BY) +
                      " plus every other config key that still differs between runs of a group, so a group is "
                      "'the same config except the seed'.") + "\n\n"
-               "outputs in --out: summary.csv, summary.md, runs.csv, loss_curves.png, ppl_vs_density.png,\n"
+               "outputs in --out: summary.csv, summary.md, runs.csv, loss_curves.png, curves_vs_tokens.png\n"
+               "(train loss and val ppl over tokens, minus the --baseline group), ppl_vs_KEY.png (final val ppl,\n"
+               "loss spike and update ratio vs each swept key: W, lr, lr_scaling, density, method, ...),\n"
                "spike_by_method.png, paired_spike_by_method.png (sparse runs with a static run of the same\n"
                "seed, model, density, data, LR and steps), update_ratio.png (each skipped, with a note, when\n"
                "no run has the data),\n"
@@ -72,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", default="SMET run comparison", help="report title (default: %(default)r)")
     p.add_argument("--group-by", default=None, metavar="KEYS",
                    help="comma-separated keys that define a group (default: auto, see below)")
+    p.add_argument("--baseline", default=None, metavar="RUN",
+                   help="the curves' difference-to-baseline panel subtracts this group: a group label as in the "
+                        "table/legend (e.g. 'smet W=0'), or a run name / directory (default: the first dense "
+                        "group, else the first group)")
     w = p.add_argument_group("Weights & Biases (online only)")
     w.add_argument("--wandb", metavar="ENTITY/PROJECT",
                    help="also read runs from this W&B project via wandb.Api() (config, history, summary); fails "
@@ -97,8 +106,8 @@ def _check_out(out: Path, force: bool) -> None:
 
 def _prepare_out(out: Path) -> None:
     if out.is_dir():
-        for name in REPORT_FILES:  # stale figures of an earlier report must not survive
-            f = out / name
+        stale = [out / name for name in REPORT_FILES] + [f for g in REPORT_GLOBS for f in out.glob(g)]
+        for f in stale:  # stale figures of an earlier report must not survive
             if f.is_file():
                 f.unlink()
     out.mkdir(parents=True, exist_ok=True)
@@ -128,27 +137,56 @@ def load_local(paths: Sequence[Path], warnings: list[str]) -> list:
     return runs
 
 
+def find_baseline(groups: Sequence, spec: str | None) -> int | None:
+    """Index of the baseline group: ``spec`` matches a group label, or a run's name, directory
+    (or its last part) or W&B path; default: the first dense group, else the first group."""
+    from smet.report.runs import ReportError
+
+    if not groups:
+        return None
+    if spec is None:
+        return next((i for i, g in enumerate(groups) if g.is_dense), 0)
+    s = spec.strip()
+    for i, g in enumerate(groups):
+        if g.label == s:
+            return i
+    for i, g in enumerate(groups):
+        for r in list(g.runs) + [d for d, _ in g.duplicates]:
+            src = r.source.rstrip("/")
+            if s in (r.name, src, Path(src).name) or (Path(s).exists() and Path(s).resolve() == Path(src).resolve()):
+                return i
+    raise ReportError("--baseline", f"{spec!r} is neither a group ({', '.join(repr(g.label) for g in groups)}) "
+                                    "nor a run name / directory of the compared runs")
+
+
 def make_report(runs: list, out: Path, *, title: str, group_by: Sequence[str] | None, inputs: Sequence[str],
-                warnings: Sequence[str] = ()) -> dict:
+                warnings: Sequence[str] = (), baseline: str | None = None) -> dict:
     """Write the whole report for ``runs`` into ``out`` (exists); returns what was written."""
     from smet.report import plots, render, table
 
     groups = table.group_runs(runs, group_by)
+    base = find_baseline(groups, baseline)
     table.write_summary_csv(groups, out / "summary.csv")
     table.write_runs_csv(groups, out / "runs.csv")
     md_table = table.markdown_table(groups)
     (out / "summary.md").write_text(f"# {title}\n\n{md_table}\n")
     images, skipped = [], {}
-    for fname, caption, fn in plots.PLOTS:
-        why = fn(groups, out / fname)
+    for fname, caption, fn in plots.figures(groups, base):
+        why = fn(out / fname)
         if why is None:
             images.append((fname, caption))
         else:
             skipped[fname] = why
-    kw = dict(title=title, groups=groups, images=images, skipped=skipped, inputs=inputs, warnings=warnings)
+    axes = plots.sweep_axes(groups)
+    info = {"baseline": groups[base].label if base is not None and len(groups) > 1 else None,
+            "axes": axes, "varying": table.varying_keys([r for g in groups for r in g.runs])}
+    if len(axes) > plots.MAX_AXES:
+        info["axes_dropped"] = [a for a, _ in axes[plots.MAX_AXES:]]
+    kw = dict(title=title, groups=groups, images=images, skipped=skipped, inputs=inputs, warnings=warnings,
+              info=info)
     render.write_markdown(out / "report.md", **kw)
     render.write_html(out / "report.html", **kw)
-    return {"groups": groups, "images": images, "skipped": skipped, "table": md_table}
+    return {"groups": groups, "images": images, "skipped": skipped, "table": md_table, "baseline": base}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -178,21 +216,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not runs:
             raise ReportError(", ".join(inputs) or "PATH", "no readable runs")
         _prepare_out(args.out)
-        res = make_report(runs, args.out, title=args.title, group_by=group_by, inputs=inputs, warnings=warnings)
+        res = make_report(runs, args.out, title=args.title, group_by=group_by, inputs=inputs, warnings=warnings,
+                          baseline=args.baseline)
     except ReportError as err:
         print(f"smet-compare: error: {err}", file=sys.stderr, flush=True)
         return 2
     for w in warnings:
         print(f"smet-compare: warning: {w}", file=sys.stderr)
     groups = res["groups"]
-    n_inc = sum(g.n_incomplete for g in groups)
+    sts = [r.status() for g in groups for r in g.runs]
+    n_dup = sum(len(g.duplicates) for g in groups)
+    st_note = ", ".join(f"{sts.count(s)} {s}" for s in ("running", "interrupted", "crashed") if sts.count(s))
+    if n_dup:
+        st_note += (", " if st_note else "") + f"{n_dup} duplicate{'s' if n_dup > 1 else ''} not counted"
     print(res["table"])
     print()
     for name, why in res["skipped"].items():
         print(f"  skipped {name}: {why}")
     out = args.out
     print(f"smet-compare: {sum(len(g.runs) for g in groups)} run(s)"
-          + (f" ({n_inc} incomplete)" if n_inc else "")
+          + (f" ({st_note})" if st_note else "")
           + f" in {len(groups)} group(s) -> {out / 'report.md'} and {out / 'report.html'}"
           f" (+ summary.csv, runs.csv, {len(res['images'])} PNG) in {time.perf_counter() - t0:.1f} s", flush=True)
     return 0

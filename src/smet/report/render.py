@@ -26,7 +26,11 @@ LEGEND = (
     "`sparsity.spike_window`), averaged over a run's updates, then mean ± std over seeds; - when no such static "
     "run is among the compared runs; *regrown / mature |Δθ|/lr*: mean update size, in units of the learning rate, of freshly "
     "regrown vs mature weights on the first optimizer step after each update; *steps*: optimizer steps "
-    "done. Dense runs have no sparse-only settings (shown as -).")
+    "done; *status*: finished (summary.json written), running (no summary yet, metrics.csv written in the "
+    "last 15 min), interrupted (summary.json `status: interrupted`) or crashed (no summary, stale metrics: "
+    "died or killed). Identical runs (same "
+    "config and seed, only the directory / run name differ) count once. Dense runs have no sparse-only "
+    "settings (shown as -).")
 
 
 def _runs_rows(groups: Sequence[Group]) -> list[dict]:
@@ -36,12 +40,20 @@ def _runs_rows(groups: Sequence[Group]) -> list[dict]:
             ppl = r.final_val_ppl
             rows.append({
                 "group": g.label, "name": r.name, "seed": "-" if r.seed is None else str(r.seed),
-                "status": "complete" if r.complete else "incomplete",
+                "status": r.status(),
                 "steps": "-" if r.steps is None else str(r.steps),
                 "ppl": "-" if ppl is None else (f"{ppl:.2f}" if math.isfinite(ppl) else str(ppl)),
                 "source": r.source, "command": r.command(),
                 "note": (f"{r.duplicates_dropped} repeated (step, metric) cells dropped (resumed run)"
                          if r.duplicates_dropped else ""),
+                "mixed": g.mixed,
+            })
+        for r, kept in g.duplicates:
+            rows.append({
+                "group": g.label, "name": r.name, "seed": "-" if r.seed is None else str(r.seed),
+                "status": f"{r.status()}, duplicate (not counted)", "steps": "-" if r.steps is None else str(r.steps),
+                "ppl": "-" if r.final_val_ppl is None else f"{r.final_val_ppl:.2f}", "source": r.source,
+                "command": r.command(), "note": f"same config and seed as {kept.source}: not counted as a seed",
                 "mixed": g.mixed,
             })
     return rows
@@ -52,15 +64,38 @@ def _short(r) -> str:
     return Path(r.source).name or r.name
 
 
-def _notes(groups: Sequence[Group], skipped: dict[str, str], warnings: Sequence[str]) -> list[str]:
-    notes = [f"`{name}` not drawn: {why}." for name, why in skipped.items()]
+def _notes(groups: Sequence[Group], skipped: dict[str, str], warnings: Sequence[str],
+           info: dict | None = None) -> list[str]:
+    info = info or {}
+    notes = []
+    if info.get("varying"):
+        notes.append("the compared runs differ in: " + ", ".join(f"`{k}`" for k in info["varying"])
+                     + " (seed, paths and logging settings aside); each is a column of the table.")
+    if info.get("axes"):
+        notes.append("swept: " + "; ".join(f"`{a}`" + (f" (with {', '.join(f'`{k}`' for k in ks if k != a)})"
+                                                          if len(ks) > 1 else "") for a, ks in info["axes"])
+                     + ": one *ppl_vs_KEY.png* figure each.")
+    if info.get("axes_dropped"):
+        notes.append(f"no figure for the further swept keys {', '.join(info['axes_dropped'])} (at most "
+                     f"{len(info['axes']) - len(info['axes_dropped'])} figures).")
+    if info.get("baseline"):
+        notes.append(f"baseline of the difference panels: **{info['baseline']}** (choose another with --baseline).")
+    notes += [f"`{name}` not drawn: {why}." for name, why in skipped.items()]
     for g in groups:
         if g.mixed:
             notes.append(f"group **{g.label}** mixes runs whose configs differ in: {', '.join(g.mixed)} "
                          "(add them to --group-by to split it).")
-        if g.n_incomplete:
-            notes.append(f"group **{g.label}**: {g.n_incomplete} of {len(g.runs)} run(s) incomplete (no summary.json): "
-                         "figures computed from metrics.csv up to the last logged step.")
+        c = g.status_counts()
+        for st, why in (("running", "no summary.json yet, metrics.csv written recently"),
+                        ("interrupted", "summary.json says status: interrupted (signal; resumable)"),
+                        ("crashed", "no summary.json and metrics.csv stale: died or killed")):
+            if c.get(st):
+                notes.append(f"group **{g.label}**: {c[st]} of {len(g.runs)} run(s) {st} ({why}): "
+                             "figures computed from metrics.csv up to the last logged step.")
+        if g.duplicates:
+            notes.append(f"group **{g.label}**: {len(g.duplicates)} run(s) identical to another (same config and "
+                         "seed, only the directory / run name differ) not counted as separate seeds: "
+                         + ", ".join(f"`{_short(d)}` = `{_short(k)}`" for d, k in g.duplicates) + ".")
     sparse = [r for g in groups for r in g.runs if not r.is_dense and r.method != "static"]
     paired = [r for r in sparse if r.paired_with is not None]
     if paired:
@@ -72,14 +107,15 @@ def _notes(groups: Sequence[Group], skipped: dict[str, str], warnings: Sequence[
 
 
 def write_markdown(path: Path, *, title: str, groups: Sequence[Group], images: Sequence[tuple[str, str]],
-                   skipped: dict[str, str], inputs: Sequence[str], warnings: Sequence[str] = ()) -> None:
+                   skipped: dict[str, str], inputs: Sequence[str], warnings: Sequence[str] = (),
+                   info: dict | None = None) -> None:
     n_runs = sum(len(g.runs) for g in groups)
     out = [f"# {title}", "",
            f"{n_runs} run(s) in {len(groups)} group(s), generated {datetime.now():%Y-%m-%d %H:%M} by `smet-compare` "
            f"from: {', '.join(f'`{p}`' for p in inputs)}.", "",
            "## Summary", "", markdown_table(groups), "", LEGEND, "",
            "Machine-readable: [summary.csv](summary.csv) (per group), [runs.csv](runs.csv) (per run).", ""]
-    notes = _notes(groups, skipped, warnings)
+    notes = _notes(groups, skipped, warnings, info)
     if notes:
         out += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     if images:
@@ -105,8 +141,12 @@ CSS = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1300px;
        color: #222; padding: 0 1em; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 13px; }
+table.summary { display: block; overflow-x: auto; max-width: 100%; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; }
+td.status-running { color: #b06000; font-weight: bold; }
+td.status-crashed { color: #b00020; font-weight: bold; }
+td.status-interrupted { color: #8a2be2; font-weight: bold; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr:nth-child(even) td { background: #fafafa; }
 img { max-width: 100%; border: 1px solid #eee; }
@@ -128,7 +168,8 @@ def _md_inline(s: str) -> str:
 
 
 def write_html(path: Path, *, title: str, groups: Sequence[Group], images: Sequence[tuple[str, str]],
-               skipped: dict[str, str], inputs: Sequence[str], warnings: Sequence[str] = ()) -> None:
+               skipped: dict[str, str], inputs: Sequence[str], warnings: Sequence[str] = (),
+               info: dict | None = None) -> None:
     out_dir = path.parent
     n_runs = sum(len(g.runs) for g in groups)
     e = html.escape
@@ -137,7 +178,7 @@ def write_html(path: Path, *, title: str, groups: Sequence[Group], images: Seque
              f"<p>{n_runs} run(s) in {len(groups)} group(s), generated {datetime.now():%Y-%m-%d %H:%M} by "
              f"<code>smet-compare</code> from: {', '.join(f'<code>{e(p)}</code>' for p in inputs)}.</p>",
              "<h2>Summary</h2>", html_table(groups), f'<p class="legend">{_md_inline(LEGEND)}</p>']
-    notes = _notes(groups, skipped, warnings)
+    notes = _notes(groups, skipped, warnings, info)
     if notes:
         parts += ["<h2>Notes</h2>", "<ul>"] + [f"<li>{_md_inline(n)}</li>" for n in notes] + ["</ul>"]
     if images:
@@ -152,7 +193,7 @@ def write_html(path: Path, *, title: str, groups: Sequence[Group], images: Seque
         cmd = f"<pre>{e(r['command'])}</pre>" if r["command"] else "-"
         note = f"<br><small>{e(r['note'])}</small>" if r["note"] else ""
         parts.append(f"<tr><td>{e(r['group'])}</td><td>{e(r['name'])}</td><td class=num>{e(r['seed'])}</td>"
-                     f"<td>{e(r['status'])}</td><td class=num>{e(r['steps'])}</td><td class=num>{e(r['ppl'])}</td>"
+                     f"<td class=\"status-{e(r['status'].split(',')[0])}\">{e(r['status'])}</td><td class=num>{e(r['steps'])}</td><td class=num>{e(r['ppl'])}</td>"
                      f"<td><code>{e(r['source'])}</code>{note}</td><td>{cmd}</td></tr>")
     parts += ["</tbody></table>", "</body></html>"]
     path.write_text("\n".join(parts))

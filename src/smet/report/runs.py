@@ -14,6 +14,7 @@ import csv
 import json
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -24,6 +25,10 @@ MIB = float(2**20)
 SPARSE_OPT_KEYS = ("regrowth_warmup_steps", "lr_scaling", "lr_scaling_scope", "reset_local_step", "reset_moments",
                    "warmup_shape")
 SKIP_DIRS = {"checkpoints", "wandb", ".hydra", "__pycache__", ".git", "lightning_logs"}
+# a run without summary.json whose metrics.csv / train.log changed less than this long ago is still
+# running (CSVLogger flushes every 100 steps, validation every val_every_n_steps); older: crashed
+RUNNING_WITHIN_S = 900.0
+STATUSES = ("finished", "running", "interrupted", "crashed")
 
 
 class ReportError(Exception):
@@ -47,6 +52,8 @@ class Run:
     complete: bool = True            # wrote its end-of-run summary
     overrides: list[str] | None = None   # .hydra/overrides.yaml
     kind: str = "dir"                # dir | wandb
+    last_write: float | None = None  # newest mtime of metrics.csv / train.log (run directories)
+    state: str | None = None         # W&B run state (finished, running, crashed, failed, killed)
     duplicates_dropped: int = 0      # repeated (step, metric) cells dropped (resumed runs)
     # set by smet.report.paired.attach_pairs: the static run of the same seed/model/density/data and
     # the paired spike per update (None: no partner, or a dense/static run)
@@ -69,6 +76,52 @@ class Run:
     @property
     def seed(self) -> Any:
         return self.cfg("seed")
+
+    def status(self, now: float | None = None, running_within: float = RUNNING_WITHIN_S) -> str:
+        """``finished`` (summary.json written; its ``status`` field wins when present), ``running``
+        (no summary, metrics written within ``running_within`` s; W&B state running), ``interrupted``
+        (summary.json ``status: interrupted``: stopped by a signal, resumable) or ``crashed``
+        (no summary and stale metrics: died, killed or interrupted; W&B crashed/failed/killed)."""
+        st = (self.summary or {}).get("status") if self.summary is not None else None
+        if isinstance(st, str) and st.strip():
+            st = st.strip().lower()
+            if st in ("finished", "complete", "completed", "ok", "done"):
+                return "finished"
+            return st if st in ("running", "interrupted") else "crashed"
+        if self.kind == "wandb" and self.state:
+            st = self.state.lower()
+            if st == "running":
+                return "running"
+            if st != "finished":
+                return "crashed"
+        if self.complete:
+            return "finished"
+        if self.last_write is not None:
+            age = (time.time() if now is None else now) - self.last_write
+            return "running" if age <= running_within else "crashed"
+        return "crashed"
+
+    @property
+    def tokens_per_step(self) -> int | None:
+        """Training tokens per optimizer step: sequences per step (data.global_batch_size, else
+        data.batch_size x trainer.accumulate_grad_batches x trainer.devices x trainer.num_nodes)
+        x data.seq_len; None when the config lacks them."""
+        def num(key: str, default: Any = None) -> int | None:
+            v = self.cfg(key, default)
+            return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 else None
+
+        seq = num("data.seq_len")
+        seqs = num("data.global_batch_size")
+        if seqs is None:
+            bs = num("data.batch_size")
+            if bs is None:
+                return None
+            world = (num("trainer.devices", 1) or 1) * (num("trainer.num_nodes", 1) or 1)
+            if self.cfg("trainer.devices") not in (None,) and num("trainer.devices") is None:
+                dv = (self.summary or {}).get("devices")   # "auto" / a list: what the run used
+                world = int(dv) if isinstance(dv, int) and dv > 0 else 1
+            seqs = bs * (num("trainer.accumulate_grad_batches", 1) or 1) * world
+        return seqs * seq if seq else None
 
     def command(self) -> str | None:
         if self.overrides is None:
@@ -369,8 +422,13 @@ def load_run_dir(d: Path) -> Run:
         except yaml.YAMLError:
             overrides = None
     name = str(config.get("run_name") or d.name)
+    mtimes = [f.stat().st_mtime for f in (d / "metrics.csv", d / "train.log") if f.is_file()]
+    st = summary.get("status") if summary else None
+    complete = summary is not None and (not isinstance(st, str) or st.strip().lower() in (
+        "finished", "complete", "completed", "ok", "done"))
     return Run(name=name, source=str(d), config=config, metrics=metrics, summary=summary,
-               complete=summary is not None, overrides=overrides, kind="dir", duplicates_dropped=dups)
+               complete=complete, overrides=overrides, kind="dir", duplicates_dropped=dups,
+               last_write=max(mtimes) if mtimes else None)
 
 
 # ----------------------------------------------------------------------------- W&B
@@ -417,4 +475,5 @@ def run_from_wandb(config: Mapping[str, Any], history: Iterable[Mapping[str, Any
     complete = "val_ppl" in summ and (state is None or state == "finished")
     run_name = name or str(cfg.get("run_name") or "wandb-run")
     return Run(name=run_name, source=source or run_name, config=cfg, metrics=metrics,
-               summary=summ or None, complete=complete, overrides=None, kind="wandb", duplicates_dropped=dups)
+               summary=summ or None, complete=complete, overrides=None, kind="wandb", duplicates_dropped=dups,
+               state=state)

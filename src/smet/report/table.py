@@ -120,6 +120,8 @@ class Group:
     runs: list[Run] = field(default_factory=list)
     label: str = ""
     mixed: list[str] = field(default_factory=list)   # config keys that differ inside the group (besides seed)
+    # runs dropped as exact repeats of a kept run of this group (same config incl. seed): (dropped, kept)
+    duplicates: list[tuple[Run, Run]] = field(default_factory=list)
 
     def value(self, key: str) -> Any:
         if key in self.keys:
@@ -138,6 +140,19 @@ class Group:
     @property
     def n_incomplete(self) -> int:
         return sum(not r.complete for r in self.runs)
+
+    def status_counts(self) -> dict[str, int]:
+        """{'finished': n, 'running': n, 'crashed': n} (only the non-zero ones, in that order)."""
+        from smet.report.runs import STATUSES
+
+        sts = [r.status() for r in self.runs]
+        return {s: sts.count(s) for s in STATUSES if sts.count(s)}
+
+    def status_cell(self) -> str:
+        c = self.status_counts()
+        if len(c) == 1:
+            return next(iter(c))
+        return ", ".join(f"{n} {s}" for s, n in c.items())
 
     # per-seed statistics
     def final_ppl(self) -> tuple[float | None, float | None]:
@@ -214,6 +229,59 @@ def _differing(runs: Sequence[Run], candidates: Sequence[str]) -> list[str]:
     return [k for k in candidates if len({_relevant_value(r, k) for r in runs}) > 1]
 
 
+def _sparse_only(key: str) -> bool:
+    return key.startswith("sparsity.") or (key.startswith("optimizer.") and key.split(".")[-1] in SPARSE_OPT_KEYS)
+
+
+def _differing_between(runs: Sequence[Run], candidates: Sequence[str]) -> list[str]:
+    """Keys whose values differ between runs; a dense run's (absent) sparse-only settings do not
+    count as different from a sparse run's, and the density only between sparse runs."""
+    out = []
+    for k in candidates:
+        pool = [r for r in runs if not (r.is_dense and _sparse_only(k))]
+        if len({_relevant_value(r, k) for r in pool}) > 1:
+            out.append(k)
+    return out
+
+
+# config keys that do not make two runs different runs at all: where the run writes, what it is called,
+# how it reports progress; two runs equal on everything else (the seed included) are one run twice
+IDENTITY_IGNORED = {"run_name", "output_dir", "ckpt_path", "project", "group", "tags", "data.cache_dir",
+                    "data.num_workers", "trainer.progress_bar", "trainer.model_summary", "trainer.cpu_threads"}
+IDENTITY_IGNORED_PREFIXES = ("logger.", "hydra.", "tags.")
+
+
+def identity(run: Run) -> tuple:
+    """What two runs must share to be the same run (see IDENTITY_IGNORED)."""
+    return tuple(sorted((k, _hashable(v)) for k, v in flatten(run.config).items()
+                        if k not in IDENTITY_IGNORED and not k.startswith(IDENTITY_IGNORED_PREFIXES)))
+
+
+def _completeness(run: Run) -> tuple:
+    return ({"finished": 2, "running": 1}.get(run.status(), 0), run.steps or 0)
+
+
+def dedupe_runs(runs: Sequence[Run]) -> tuple[list[Run], list[tuple[Run, Run]]]:
+    """Keep one run of each set of identical runs (same config, seed included, apart from output
+    directory / run name): the finished one with the most steps, else the first given. Returns the
+    kept runs (input order) and (dropped, kept) pairs, so the same seed twice is not two seeds."""
+    by_id: dict[tuple, list[Run]] = {}
+    for r in runs:
+        by_id.setdefault(identity(r), []).append(r)
+    keep: dict[int, Run] = {}
+    pairs: list[tuple[Run, Run]] = []
+    for members in by_id.values():
+        best = max(members, key=lambda r: (_completeness(r), -members.index(r)))
+        keep[id(best)] = best
+        pairs += [(r, best) for r in members if r is not best]
+    return [r for r in runs if id(r) in keep], pairs
+
+
+def varying_keys(runs: Sequence[Run]) -> list[str]:
+    """Dotted config keys whose values differ between the runs (seed, paths, logging excluded)."""
+    return _differing_between(runs, _candidate_keys(runs))
+
+
 def group_runs(runs: Sequence[Run], group_by: Sequence[str] | None = None) -> list[Group]:
     """Group runs. ``group_by=None`` (auto): the default keys, plus any further config key that
     still differs between runs of one group (so a group is 'the same config except seed');
@@ -222,6 +290,7 @@ def group_runs(runs: Sequence[Run], group_by: Sequence[str] | None = None) -> li
         return []
     from smet.report.paired import attach_pairs
 
+    runs, dup_of = dedupe_runs(runs)
     attach_pairs(runs)  # each sparse run's static partner (same seed/model/density/data): paired spike
     candidates = _candidate_keys(runs)
     if group_by is None:
@@ -249,11 +318,21 @@ def group_runs(runs: Sequence[Run], group_by: Sequence[str] | None = None) -> li
             if k not in KEYS and all(r.cfg(k) is None for r in runs):
                 known = ", ".join(KEYS)
                 raise ReportError("--group-by", f"unknown key {k!r}: not an alias ({known}) and no run config has it")
+    parts = list(_split(runs, keys).values())
+    # every further key that differs between the compared runs but is constant inside each group
+    # (so the groups stay as they are) becomes a column too: e.g. a batch-16 run beside batch-4 runs
+    covered = set(keys) | {p for k in keys for p, a in ALIASES.items() if a == k and "." in p}
+    inside = {k for members in parts for k in _differing(members, candidates)}
+    for k in _differing_between(runs, candidates):
+        if k not in inside and k not in covered and resolve_key(k) not in keys:
+            keys.append(resolve_key(k))
+            covered.add(k)
     groups = []
-    for vals, members in _split(runs, keys).items():
+    for members in parts:
         g = Group(keys=tuple(keys), values=tuple(key_value(members[0], k) for k in keys), runs=members)
         g.mixed = [k for k in _differing(members, candidates)
                    if resolve_key(k) not in keys and k not in keys]
+        g.duplicates = [(d, kept) for d, kept in dup_of if kept in members]
         groups.append(g)
     groups.sort(key=lambda g: tuple(
         (METHOD_ORDER.get(str(v), 99), str(v)) if k == "method" else
@@ -261,6 +340,13 @@ def group_runs(runs: Sequence[Run], group_by: Sequence[str] | None = None) -> li
         for k, v in zip(g.keys, g.values)))
     _label(groups)
     return groups
+
+
+def _method_implied(key: str) -> bool:
+    """A key the sparsity method config sets (sparsity.*, the sparse optimizer options)."""
+    if key in ("variant", "W", "lr_scaling", "update_interval", "reset_local_step", "reset_moments"):
+        return True
+    return key.startswith("sparsity.") or (key.startswith("optimizer.") and key.split(".")[-1] in SPARSE_OPT_KEYS)
 
 
 def _label(groups: list[Group]) -> None:
@@ -271,10 +357,16 @@ def _label(groups: list[Group]) -> None:
         by_mv.setdefault((g.method, _hashable(g.value("variant"))), []).append(g)
     short = {"density": "d", "lr_scaling": "lr×", "update_interval": "ΔT", "reset_local_step": "reset_step",
              "reset_moments": "reset_m", "max_steps": "steps"}
+    keys_all = groups[0].keys if groups else ()
+    # keys a method brings along (its sparsity/optimizer settings) are told by the method name; any
+    # other key that differs between groups (batch size, LR, steps, model, ...) is in every label
+    across = [i for i, k in enumerate(keys_all) if k not in ("method", "variant") and not _method_implied(k)
+              and len({_hashable(g.values[i]) for g in groups
+                       if g.values[i] is not None and not (g.is_dense and k == "density")}) > 1]
     for members in by_mv.values():
         keys = members[0].keys
         varying = [i for i, k in enumerate(keys) if k not in ("method", "variant")
-                   and len({_hashable(g.values[i]) for g in members}) > 1]
+                   and (i in across or len({_hashable(g.values[i]) for g in members}) > 1)]
         for g in members:
             parts = [g.method + (f"/{g.value('variant')}" if g.value("variant") else "")]
             for i in varying:
@@ -313,7 +405,7 @@ def _ratio_fmt(v: float | None) -> str:
     return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
 
 
-NUM_COLUMNS = ["n seeds", "final val ppl", "best val ppl", "tokens/s", "static MiB (all)", "static MiB (sparse)",
+NUM_COLUMNS = ["n seeds", "status", "final val ppl", "best val ppl", "tokens/s", "static MiB (all)", "static MiB (sparse)",
                "spike mean", "paired spike vs static", "regrown / mature |Δθ|/lr", "steps"]
 
 
@@ -344,7 +436,8 @@ def table_rows(groups: Sequence[Group]) -> list[list[str]]:
         cells += [fmt_value(g.value(k)) for k in extras]
         n_distinct = len({_hashable(r.seed) for r in g.runs})
         notes = ([f"{n_distinct} distinct"] if n_distinct < len(g.runs) else []) + (
-            [f"{g.n_incomplete} incomplete"] if g.n_incomplete else [])
+            [f"+{len(g.duplicates)} duplicate{'s' if len(g.duplicates) > 1 else ''} not counted"]
+            if g.duplicates else [])
         n = f"{len(g.runs)}" + (f" ({', '.join(notes)})" if notes else "")
         m, s = g.final_ppl()
         spikes = g.spikes()
@@ -352,6 +445,7 @@ def table_rows(groups: Sequence[Group]) -> list[list[str]]:
         steps = g.steps()
         cells += [
             n,
+            g.status_cell(),
             _pm(m, s, ".2f"),
             _f(g.best_ppl(), ".2f"),
             _f(g.tokens_per_s(), ",.0f"),
@@ -397,7 +491,7 @@ def write_summary_csv(groups: Sequence[Group], path: Path) -> None:
     """Machine-readable summary: one row per group, plain numbers (no ± strings)."""
     extras = [k for k in (groups[0].keys if groups else ()) if k not in CSV_FIELDS]
     fields = CSV_FIELDS + extras + [
-        "n_seeds", "n_incomplete", "seeds", "final_val_ppl_mean", "final_val_ppl_std", "best_val_ppl",
+        "n_seeds", "n_incomplete", "n_running", "n_crashed", "n_duplicates", "seeds", "final_val_ppl_mean", "final_val_ppl_std", "best_val_ppl",
         "tokens_per_s", "static_mib_all", "static_mib_sparse", "spike_mean", "spike_std", "n_spikes",
         "paired_spike_mean", "paired_spike_std", "n_paired_runs", "update_ratio_regrown", "update_ratio_mature", "steps", "runs"]
     with open(path, "w", newline="") as f:
@@ -410,7 +504,8 @@ def write_summary_csv(groups: Sequence[Group], path: Path) -> None:
             reg, mat = g.ratios()
             steps = g.steps()
             row = [g.label] + [_csv(g.value(k)) for k in CSV_FIELDS[1:] + extras] + [
-                len(g.runs), g.n_incomplete, " ".join(_csv(r.seed) for r in g.runs), _csv(m), _csv(s),
+                len(g.runs), g.n_incomplete, g.status_counts().get("running", 0), g.status_counts().get("crashed", 0),
+                len(g.duplicates), " ".join(_csv(r.seed) for r in g.runs), _csv(m), _csv(s),
                 _csv(g.best_ppl()), _csv(g.tokens_per_s()), _csv(g.static_mib("all")), _csv(g.static_mib("sparse")),
                 _csv(sp_m), _csv(sp_s), len(g.spikes()), _csv(pm), _csv(ps), pn, _csv(mean_std(reg)[0]), _csv(mean_std(mat)[0]),
                 _csv(max(steps) if steps else None), " ".join(r.source for r in g.runs)]
@@ -431,13 +526,18 @@ def write_runs_csv(groups: Sequence[Group], path: Path) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["group", "run_name", "seed", "status", "steps", "final_val_ppl", "best_val_ppl", "tokens_per_s",
-                    "spike_mean", "source", "command", "paired_spike_mean", "n_paired_updates", "paired_static"])
+                    "spike_mean", "source", "command", "paired_spike_mean", "n_paired_updates", "paired_static",
+                    "duplicate_of"])
         from smet.report.paired import run_mean
 
         for g in groups:
             for r in g.runs:
-                w.writerow([g.label, r.name, _csv(r.seed), "complete" if r.complete else "incomplete",
+                w.writerow([g.label, r.name, _csv(r.seed), r.status(),
                             _csv(r.steps), _csv(r.final_val_ppl), _csv(r.best_val_ppl), _csv(r.tokens_per_s),
                             _csv(mean_std(r.spikes)[0]), r.source, r.command() or "", _csv(run_mean(r)),
                             len(r.paired_spikes) if r.paired_spikes is not None else "",
-                            r.paired_with.source if r.paired_with is not None else ""])
+                            r.paired_with.source if r.paired_with is not None else "", ""])
+            for r, kept in g.duplicates:
+                w.writerow([g.label, r.name, _csv(r.seed), r.status(), _csv(r.steps), _csv(r.final_val_ppl),
+                            _csv(r.best_val_ppl), _csv(r.tokens_per_s), _csv(mean_std(r.spikes)[0]), r.source,
+                            r.command() or "", "", "", "", kept.source])
