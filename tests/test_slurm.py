@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -114,7 +115,9 @@ def test_job_arrays_run_each_sweep_point(slurm_cluster, job_env, tmp_path):
     res = subprocess.run(
         [sys.executable, "-m", "smet.cli.submit", "+experiment=ablation_warmup", "optimizer.regrowth_warmup_steps=0,10",
          "seed=7", *TINY, "--sweep-dir", str(sweep), "--cpus-per-task", "1", "--mem", "2G", "--time", "00:10:00",
-         "--throttle", "2", "--submit"],
+         "--throttle", "2", "--account", "proj", "--qos", "normal",
+         "--setup", 'export SMET_SETUP_PROBE="probe-$SLURM_ARRAY_TASK_ID"; echo "[probe] $SMET_SETUP_PROBE"',
+         "--setup", f"source {shlex.quote(str(Path(sys.prefix) / 'bin' / 'activate'))}", "--submit"],
         capture_output=True, text=True, env=job_env, cwd=tmp_path, timeout=120)
     assert res.returncode == 0, res.stderr
     job1 = re.search(r"^Submitted batch job (\d+)$", res.stdout, re.M).group(1)
@@ -144,8 +147,12 @@ def test_job_arrays_run_each_sweep_point(slurm_cluster, job_env, tmp_path):
         assert cfg["experiment_name"] == "ablation_warmup" and cfg["sparsity"]["method"] == "smet"
         overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
         assert f"optimizer.regrowth_warmup_steps={w}" in overrides and "ckpt_path=auto" in overrides
-        assert f"task {i} of 2" in (sweep / "logs" / f"{job1}_{i}.out").read_text()
+        log = (sweep / "logs" / f"{job1}_{i}.out").read_text()
+        assert f"task {i} of 2" in log
+        assert f"[probe] probe-{i}\n" in log, log[-3000:]  # the --setup commands ran in the job, per task
     assert json.loads((sweep / "submit.json").read_text())["job_id"] == job1
+    header = (sweep / "array_cpu.sbatch").read_text()
+    assert "#SBATCH --account=proj\n" in header and "#SBATCH --qos=normal\n" in header
 
     assert job_states(job2) == {f"{job2}_0": ("COMPLETED", "0:0"), f"{job2}_1": ("COMPLETED", "0:0")}
     assert summary(direct / "0")["steps"] == 3 and run_config(direct / "0")["seed"] == 11

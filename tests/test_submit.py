@@ -245,3 +245,182 @@ def test_template_needs_a_checkout(tmp_path):
 def test_ddp_template_refuses_to_run_outside_slurm(tmp_path, fake_repo):
     res = run_template("ddp.sbatch", "seed=1", repo=fake_repo, tmp_path=tmp_path)
     assert res.returncode == 2 and "runs under SLURM only" in res.stderr
+
+
+# ----------------------------------------------------------------------------- setup hook, account/qos, checks
+def sbatch_header(script: Path) -> dict[str, str]:
+    return dict(re.findall(r"^#SBATCH --([a-z-]+)=?(\S*)", script.read_text(), re.M))
+
+
+def test_setup_is_rendered_before_python_and_reaches_the_training_command(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("SMET_SLURM_SETUP", raising=False)
+    setup = "export SMET_PROBE='from setup'; cd ."
+    rc, sweep = submit(tmp_path, "+experiment=ablation_warmup", "--setup", setup, "--setup", "export OTHER=2")
+    assert rc == 0, capsys.readouterr().err
+    assert "environment setup from --setup: export SMET_PROBE='from setup'; cd .; export OTHER=2" in capsys.readouterr().out
+    script = sweep / "array_cpu.sbatch"
+    lines = script.read_text().splitlines()
+    at = lines.index(setup)
+    assert lines[at + 1] == "export OTHER=2"
+    assert at < min(i for i, ln in enumerate(lines) if ln.startswith("PY=")), "setup must run before Python is found"
+    assert not any("SMET_SLURM_SETUP:-" in ln for ln in lines)  # the placeholder is replaced
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    # run the rendered script (task 3, outside SLURM) against a train.py that records what it sees
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "train.py").write_text("import json, os, sys\n"
+                                   "open(os.environ['OUT'], 'w').write(json.dumps([os.environ.get('SMET_PROBE'),"
+                                   " os.environ.get('OTHER'), sys.argv[1:]]))\n")
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "SMET_REPO": str(repo), "SMET_TASK_ID": "3",
+           "OUT": str(tmp_path / "seen.json")}
+    res = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert res.returncode == 0, res.stderr
+    probe, other, argv = json.loads((tmp_path / "seen.json").read_text())
+    assert probe == "from setup" and other == "2" and argv[0] == "optimizer.regrowth_warmup_steps=100"
+
+
+def test_failing_setup_stops_the_job(tmp_path, capsys, fake_repo):
+    rc, sweep = submit(tmp_path, "+experiment=ablation_warmup", "--setup", "false")
+    assert rc == 0, capsys.readouterr().err
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "SMET_REPO": str(fake_repo), "SMET_TASK_ID": "0",
+           "FAKE_TRAIN_OUT": str(tmp_path / "calls.jsonl")}
+    res = subprocess.run(["bash", str(sweep / "array_cpu.sbatch")], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=60)
+    assert res.returncode == 2 and "the environment setup failed (exit 1)" in res.stderr, res.stderr
+    assert not (tmp_path / "calls.jsonl").exists()
+
+
+def test_default_setup_activates_the_venv_or_takes_the_env_var(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("SMET_SLURM_SETUP", raising=False)
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "activate").write_text("# fake activate\n")
+    monkeypatch.setattr(sys, "prefix", str(venv))
+    monkeypatch.setattr(sys, "base_prefix", "/usr")
+    rc, sweep = submit(tmp_path, "+experiment=ablation_warmup", sweep="venv")
+    assert rc == 0, capsys.readouterr().err
+    assert f"\nsource {venv}/bin/activate\n" in (sweep / "array_cpu.sbatch").read_text()
+    assert f"environment setup from the virtualenv smet-submit runs from ({venv})" in capsys.readouterr().out
+
+    monkeypatch.setenv("SMET_SLURM_SETUP", "module load cuda/12.4\nsource ~/envs/smet/bin/activate")
+    rc, sweep = submit(tmp_path, "+experiment=ablation_warmup", "--template", "gpu", sweep="env")
+    assert rc == 0, capsys.readouterr().err
+    text = (sweep / "array_gpu.sbatch").read_text()
+    assert "\nmodule load cuda/12.4\nsource ~/envs/smet/bin/activate\n" in text and f"{venv}" not in text
+
+    rc, sweep = submit(tmp_path, "+experiment=ablation_warmup", "--setup", "", "--python", "python3", sweep="none")
+    assert rc == 0, capsys.readouterr().err
+    text = (sweep / "array_cpu.sbatch").read_text()
+    assert "\nmodule load" not in text and "\nsource " not in text and "\nSMET_RENDERED_PYTHON=python3\n" in text
+    assert "\n:  # no environment setup (smet-submit --setup '')\n" in text
+
+    monkeypatch.setattr(sys, "base_prefix", str(venv))  # not in a virtualenv, no env var: no setup
+    monkeypatch.delenv("SMET_SLURM_SETUP")
+    rc, sweep = submit(tmp_path, "+experiment=ablation_warmup", sweep="plain")
+    assert rc == 0 and "\nsource " not in (sweep / "array_cpu.sbatch").read_text()
+
+
+def test_template_runs_smet_slurm_setup_from_the_environment(tmp_path, fake_repo):
+    (tmp_path / "m.txt").write_text("seed=1\n")
+    res = run_template("array_cpu.sbatch", "m.txt", repo=fake_repo, tmp_path=tmp_path,
+                       extra_env={"SMET_SLURM_SETUP": "echo setup-ran-in $PWD; unset_var_ok=$NOT_SET"})
+    assert res.returncode == 0, res.stderr
+    assert f"setup-ran-in {tmp_path}" in res.stdout and len(calls(tmp_path)) == 1
+    res = run_template("array_cpu.sbatch", "m.txt", repo=fake_repo, tmp_path=tmp_path,
+                       extra_env={"SMET_SLURM_SETUP": "module load no-such-module-here"})
+    assert res.returncode == 2 and "the environment setup failed (exit 127)" in res.stderr, res.stderr
+    assert len(calls(tmp_path)) == 1
+
+
+def test_account_and_qos_are_sbatch_header_lines(tmp_path, capsys):
+    rc, sweep = submit(tmp_path, "+experiment=ablation_warmup", "--account", "proj42", "--qos", "high",
+                       "--partition", "short", "--time", "2-00:30:00", "--sbatch=--constraint=a100",
+                       "--sbatch=--exclusive", "--sbatch=--mail-type=END,FAIL")
+    assert rc == 0, capsys.readouterr().err
+    opts = sbatch_header(sweep / "array_cpu.sbatch")
+    assert opts["account"] == "proj42" and opts["qos"] == "high" and opts["partition"] == "short"
+    assert opts["time"] == "2-00:30:00" and opts["constraint"] == "a100" and opts["exclusive"] == ""
+    assert opts["mail-type"] == "END,FAIL"
+    info = json.loads((sweep / "submit.json").read_text())
+    assert info["sbatch_options"]["account"] == "proj42" and info["sbatch_options"]["qos"] == "high"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sbatch=--accont=x"], "--sbatch: '--accont=x': --accont is not an sbatch option; did you mean --account?"),
+    (["--sbatch=--partiton=gpu"], "did you mean --partition?"),
+    (["--sbatch=--constrain=a100"], "did you mean --constraint?"),
+    (["--sbatch=--no-such-thing-at-all=1"], "--no-such-thing-at-all is not an sbatch option"),
+    (["--sbatch=--account"], "--account needs a value"),
+    (["--sbatch=--requeue=yes"], "--requeue takes no value"),
+    (["--sbatch=--array=0-3"], "sets --array itself"),
+    (["--sbatch=--wrap=hostname"], "replaces the script"),
+    (["--sbatch=--time=99:99"], "--time: '99:99'"),
+    (["--account", "a", "--sbatch=--account=b"], "--account is given as well"),
+    (["--time", "99:99"], "--time: '99:99' is not a SLURM time limit"),
+    (["--time", "1-24:00:00"], "--time: '1-24:00:00'"),
+    (["--time", "10:61:00"], "--time"),
+    (["--mem", "16 GB"], "--mem: '16 GB'"),
+    (["--setup", "if true; then echo"], "--setup: not valid bash"),
+])
+def test_bad_options_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, args, message):
+    rc, sweep = submit(tmp_path, "+experiment=ablation_warmup", *args)
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("smet-submit: error: ") and err.count("\n") == 1 and message in err, err
+    assert not sweep.exists()
+
+
+def test_parse_error_exit_code(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        submit_main(["+experiment=ablation_warmup", "--dry-run", "--submit", "--sweep-dir", str(tmp_path / "s")])
+    assert e.value.code == 2 and not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("value", ["30", "30:00", "04:00:00", "48:00:00", "1-12", "1-12:30", "7-23:59:59",
+                                   "UNLIMITED", "infinite"])
+def test_valid_times_are_accepted(value):
+    from smet.slurm.render import check_time
+
+    assert check_time(value) == value
+
+
+def test_dry_run_writes_nothing_and_prints_script_and_tasks(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    rc = submit_main(["+experiment=ablation_warmup", "--account", "proj", "--setup", "module load cuda", "--dry-run"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # no multirun/<date>/<time>
+    assert "dry run: nothing written" in out and "#!/bin/bash" in out and "#SBATCH --account=proj" in out
+    assert "\nmodule load cuda\n" in out and "#SBATCH --array=0-4" in out
+    assert "task 4: optimizer.regrowth_warmup_steps=200 seed=1234 +experiment=ablation_warmup" in out
+    assert "(dry run: not created)" in out and "\nsbatch " not in out
+    # with an explicit --sweep-dir too
+    rc, sweep = submit(tmp_path, "+experiment=ablation_warmup", "--dry-run")
+    assert rc == 0 and not sweep.exists() and f"{sweep}/array_cpu.sbatch" in capsys.readouterr().out
+
+
+def test_submit_without_sbatch_on_path_exits_2_and_writes_nothing(tmp_path):
+    bin_dir = tmp_path / "bin"  # a PATH with bash and python but no sbatch
+    bin_dir.mkdir()
+    for tool in ("bash", "env"):
+        os.symlink(subprocess.run(["bash", "-c", f"command -v {tool}"], capture_output=True, text=True,
+                                  check=True).stdout.strip(), bin_dir / tool)
+    env = dict(os.environ, PATH=str(bin_dir))
+    res = subprocess.run([sys.executable, "-m", "smet.cli.submit", "+experiment=ablation_warmup", "--submit",
+                          "--sweep-dir", str(tmp_path / "s")], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr == ("smet-submit: error: --submit: sbatch not found on PATH (run on a SLURM login node, "
+                          "or drop --submit and copy the sweep dir there)\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin"]
+
+
+def test_sbatch_option_table_covers_the_templates_and_local_sbatch():
+    from smet.slurm.options import SBATCH_LONG_OPTIONS, installed_sbatch_options
+
+    for t in TEMPLATES:
+        for name in re.findall(r"^#SBATCH --([a-z-]+)", (REPO / "slurm" / t).read_text(), re.M):
+            assert name in SBATCH_LONG_OPTIONS, (t, name)
+    local = installed_sbatch_options()  # empty without sbatch; else every --help name is in the table
+    assert not local or local - {"help", "usage", "version"} <= SBATCH_LONG_OPTIONS, local - SBATCH_LONG_OPTIONS

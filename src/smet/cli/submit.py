@@ -1,8 +1,10 @@
 """``smet-submit``: an experiment's Hydra sweep grid as a SLURM job array.
 
     smet-submit +experiment=ablation_warmup [hydra overrides...] [--template cpu|gpu|ddp]
-                [--sweep-dir DIR] [--throttle K] [--time HH:MM:SS] [--partition P] [--gpus N]
-                [--nodes N] [--cpus-per-task N] [--mem M] [--sbatch=--opt=value ...] [--submit]
+                [--sweep-dir DIR] [--throttle K] [--time HH:MM:SS] [--partition P] [--account A]
+                [--qos Q] [--gpus N] [--nodes N] [--cpus-per-task N] [--mem M] [--job-name NAME]
+                [--setup 'module load cuda; source venv/bin/activate'] [--python PY]
+                [--sbatch=--opt=value ...] [--dry-run | --submit]
 
 Composes ``conf/train.yaml`` with the overrides (Hydra's compose machinery, multirun mode),
 expands ``hydra.sweeper.params`` plus command-line sweeps (``seed=1,2``) exactly as ``python
@@ -14,11 +16,20 @@ train.py -m`` would (Hydra's BasicSweeper: same points, same order), checks ever
     <sweep dir>/multirun.yaml       the composed sweep config (as Hydra's multirun writes it)
     <sweep dir>/logs/               the tasks' SLURM logs (%A_%a.out)
 
-and prints the sbatch command (or, with --submit, runs it and prints the job id). Task i trains
+and prints the sbatch command (or, with --submit, runs it and prints the job id; --dry-run writes
+nothing and prints the rendered script and the task list instead). Task i trains
 into <sweep dir>/<i>/ (the layout of ``train.py -m``) with ``ckpt_path=auto``, so a requeued task
 resumes. The sweep dir defaults to Hydra's (``hydra.sweep.dir``: multirun/<date>/<time>). Bad input
 (unknown experiment, bad override or value, an existing manifest) fails with one line and exit code 2
-before anything is written.
+before anything is written; so do --sbatch options sbatch does not have (with the closest name),
+an invalid --time, a --setup that is not valid bash, and --submit where no sbatch is on PATH.
+
+Environment setup: the rendered script runs the --setup commands (repeatable, one line each; else
+$SMET_SLURM_SETUP) in the batch shell before it looks up Python, so `module load` and `source
+.../activate` apply to the training step. Without either, and when smet-submit runs from a virtualenv,
+the job activates that venv (``source <sys.prefix>/bin/activate``); ``--setup ''`` turns setup off.
+The job's Python stays the one running smet-submit (sys.executable) unless --python says otherwise
+(``--python python3``: whatever the setup put on PATH).
 """
 
 from __future__ import annotations
@@ -64,15 +75,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--throttle", type=int, metavar="K", help="at most K tasks running at once (--array=0-N%%K)")
     p.add_argument("--time", help="time limit per task, e.g. 04:00:00 (default: the template's)")
     p.add_argument("--partition", help="SLURM partition (default: the template's: cpu or gpu)")
+    p.add_argument("--account", help="SLURM account to charge (sbatch --account)")
+    p.add_argument("--qos", help="SLURM quality of service (sbatch --qos)")
     p.add_argument("--gpus", type=int, metavar="N", help="gpu: GPUs per task (1); ddp: GPUs (= tasks) per node")
     p.add_argument("--nodes", type=int, metavar="N", help="ddp: nodes per run")
     p.add_argument("--cpus-per-task", type=int, metavar="N", help="CPUs per task (default: the template's)")
     p.add_argument("--mem", help="memory per node, e.g. 16G (default: the template's)")
     p.add_argument("--job-name", help="SLURM job name (default: smet-<experiment>)")
+    p.add_argument("--setup", action="append", metavar="CMDS",
+                   help="shell commands the job runs before Python (repeatable, one line each), e.g. "
+                        "'module load cuda/12.4; source ~/envs/smet/bin/activate' (default: $SMET_SLURM_SETUP, "
+                        "else activate the virtualenv smet-submit runs from; '' for none)")
+    p.add_argument("--python", metavar="PY",
+                   help="the job's Python (default: the one running smet-submit, %s; `python3`: the one "
+                        "on PATH after --setup)" % sys.executable.replace("%", "%%"))
     p.add_argument("--sbatch", action="append", default=[], metavar="--OPT=VALUE",
-                   help="any other sbatch option for the header, long form, repeatable "
-                        "(e.g. --sbatch=--account=proj --sbatch=--qos=high)")
-    p.add_argument("--submit", action="store_true", help="run sbatch and print the job id")
+                   help="any other sbatch option for the header, long form, repeatable, checked against "
+                        "sbatch's options (e.g. --sbatch=--constraint=a100 --sbatch=--mail-type=END)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true",
+                      help="write nothing: print the rendered script and the tasks")
+    mode.add_argument("--submit", action="store_true", help="run sbatch and print the job id")
     return p
 
 
@@ -94,6 +117,10 @@ def sbatch_options(args, n_tasks: int, sweep_dir: Path, experiment: str | None) 
     opts["job-name"] = args.job_name or f"smet-{experiment or 'sweep'}"
     if args.partition:
         opts["partition"] = args.partition
+    if args.account:
+        opts["account"] = args.account
+    if args.qos:
+        opts["qos"] = args.qos
     if args.time:
         try:
             opts["time"] = check_time(args.time)
@@ -102,6 +129,8 @@ def sbatch_options(args, n_tasks: int, sweep_dir: Path, experiment: str | None) 
     if args.cpus_per_task:
         opts["cpus-per-task"] = str(args.cpus_per_task)
     if args.mem:
+        if not re.fullmatch(r"\d+[KMGT]?", args.mem, re.I):
+            raise SubmitError(f"--mem: {args.mem!r} is not a SLURM memory size (e.g. 16G, 4096M, 0 = all)")
         opts["mem"] = args.mem
     if args.template == "cpu":
         if args.gpus:
@@ -122,14 +151,41 @@ def sbatch_options(args, n_tasks: int, sweep_dir: Path, experiment: str | None) 
     opts["chdir"] = os.getcwd()  # relative paths in overrides mean what they mean here
     throttle = f"%{args.throttle}" if args.throttle else ""
     opts["array"] = f"0-{n_tasks - 1}{throttle}"
+    from smet.slurm.options import check_sbatch_option
+
+    own = {"partition": args.partition, "time": args.time, "account": args.account, "qos": args.qos,
+           "cpus-per-task": args.cpus_per_task, "mem": args.mem, "job-name": args.job_name,
+           "nodes": args.nodes, "gres": args.gpus, "ntasks-per-node": args.gpus}
     for raw in args.sbatch:
         m = re.match(r"^--([A-Za-z0-9-]+)(?:=(.+))?$", raw)
         if not m:
-            raise SubmitError(f"--sbatch: {raw!r}: give a long sbatch option, e.g. --sbatch=--account=proj")
-        if m.group(1) in ("array", "output", "chdir"):
-            raise SubmitError(f"--sbatch: {raw!r}: smet-submit sets --{m.group(1)} itself")
-        opts[m.group(1)] = m.group(2)
+            raise SubmitError(f"--sbatch: {raw!r}: give a long sbatch option, e.g. --sbatch=--constraint=a100")
+        name, value = m.group(1), m.group(2)
+        try:
+            check_sbatch_option(name, value, raw)
+        except ValueError as e:
+            raise SubmitError(str(e)) from None
+        if own.get(name) is not None:
+            flag = "--gpus" if name in ("gres", "ntasks-per-node") else f"--{name}"
+            raise SubmitError(f"--sbatch: {raw!r}: {flag} is given as well; give it once")
+        if name == "time":
+            try:
+                check_time(value)
+            except RenderError as e:
+                raise SubmitError(str(e)) from None
+        opts[name] = value
     return opts
+
+
+def default_setup() -> tuple[str, str]:
+    """(the job's setup commands, where they come from): SMET_SLURM_SETUP, else the venv we run in."""
+    env = os.environ.get("SMET_SLURM_SETUP")
+    if env is not None:
+        return env, "SMET_SLURM_SETUP"
+    activate = Path(sys.prefix) / "bin" / "activate"
+    if sys.prefix != getattr(sys, "base_prefix", sys.prefix) and activate.is_file():
+        return f"source {shlex.quote(str(activate))}", f"the virtualenv smet-submit runs from ({sys.prefix})"
+    return "", "none (smet-submit does not run from a virtualenv)"
 
 
 def plan(argv: Sequence[str] | None = None):
@@ -140,6 +196,13 @@ def plan(argv: Sequence[str] | None = None):
     args = build_parser().parse_intermixed_args(argv)
     overrides = list(args.overrides)
     notes = []
+    if args.submit and not shutil.which("sbatch"):
+        raise SubmitError("--submit: sbatch not found on PATH (run on a SLURM login node, or drop --submit "
+                          "and copy the sweep dir there)")
+    if args.setup is not None:
+        setup, setup_from = "\n".join(args.setup), "--setup"
+    else:
+        setup, setup_from = default_setup()
     if args.template in ("gpu", "ddp") and not any(re.match(r"^\+{0,2}trainer=", o) for o in overrides):
         overrides.append("trainer=gpu")
         notes.append(f"added trainer=gpu (the {args.template} template's trainer; choose another with trainer=...)")
@@ -166,10 +229,13 @@ def plan(argv: Sequence[str] | None = None):
             f"  {cmdline}\n"
             f"{len(lines)} task(s); task i runs line i+1 of {manifest}; submit with: sbatch {script}")
     try:
-        text = render(tpl.read_text(), opts, dict(zip(RENDERED_VARS, (str(repo), sys.executable, str(manifest)))),
-                      note=note)
+        python = args.python or sys.executable
+        text = render(tpl.read_text(), opts, dict(zip(RENDERED_VARS, (str(repo), python, str(manifest)))),
+                      note=note, setup=setup)
     except RenderError as e:
         raise SubmitError(str(e)) from None
+    notes.append(f"environment setup from {setup_from}: "
+                 + ("; ".join(x for x in setup.splitlines() if x.strip()) or "none"))
     return args, grid, sweep_dir, manifest, script, text, lines, opts, notes
 
 
@@ -216,14 +282,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             "sbatch_options": opts,
             "job_id": None,
         }
-        write(grid, sweep_dir, manifest, script, text, lines, info)
+        if not args.dry_run:
+            write(grid, sweep_dir, manifest, script, text, lines, info)
     except SubmitError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
 
     for n in notes:
         print(f"{PROG}: note: {n}")
-    print(f"{PROG}: {len(lines)} task(s){f' ({grid.experiment})' if grid.experiment else ''} -> {sweep_dir}")
+    if args.dry_run:
+        print(f"{PROG}: dry run: nothing written; without --dry-run, {script} would be:")
+        print(f"----- {script} -----")
+        print(text, end="")
+        print(f"----- end of {script.name} -----")
+    print(f"{PROG}: {len(lines)} task(s){f' ({grid.experiment})' if grid.experiment else ''} -> {sweep_dir}"
+          + (" (dry run: not created)" if args.dry_run else ""))
     print(f"  manifest: {manifest}")
     print(f"  script:   {script}  (" + " ".join(f"--{k}={v}" if v is not None else f"--{k}"
                                              for k, v in opts.items() if k not in ("output", "chdir")) + ")")
@@ -232,6 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  task {i}: {line}")
     if len(lines) > 10:
         print(f"  ... ({len(lines) - 10} more in the manifest)")
+    if args.dry_run:
+        return 0
     print(f"sbatch {shlex.quote(str(script))}")
     if not args.submit:
         return 0

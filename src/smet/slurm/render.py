@@ -15,7 +15,8 @@ from pathlib import Path
 TEMPLATES = {"cpu": "array_cpu.sbatch", "gpu": "array_gpu.sbatch", "ddp": "ddp.sbatch"}
 RENDERED_VARS = ("SMET_RENDERED_REPO", "SMET_RENDERED_PYTHON", "SMET_RENDERED_MANIFEST")
 _SBATCH = re.compile(r"^#SBATCH\s+--([A-Za-z0-9-]+)(?:=(\S+))?(\s+#.*)?\s*$")
-_TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$|^\d+-\d+$")  # sbatch --time: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S
+# the placeholder line of the environment-setup hook in the templates (smet-submit --setup)
+_SETUP = re.compile(r'^eval "\$\{SMET_SLURM_SETUP:-\}"\s+# SMET_SETUP\b.*$')
 
 
 # sbatch refuses more than one of these: setting one drops the others from the template's header
@@ -37,9 +38,37 @@ def sbatch_options(text: str) -> dict[str, str | None]:
 
 
 def check_time(value: str) -> str:
-    if not _TIME.match(value):
-        raise RenderError(f"--time: {value!r} is not a SLURM time (MM, HH:MM:SS, D-HH:MM:SS)")
+    """sbatch --time: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S (or UNLIMITED/INFINITE); the leading field is
+    unbounded, the others are clock fields (hours < 24 after a day count, minutes and seconds < 60)."""
+    bad = RenderError(f"--time: {value!r} is not a SLURM time limit (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM:SS)")
+    if value.upper() in ("UNLIMITED", "INFINITE"):
+        return value
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+)((?::\d{1,2}){0,2})", value)
+    if not m:
+        raise bad
+    days, first, rest = m.group(1), int(m.group(2)), [int(x) for x in m.group(3).split(":")[1:]]
+    if days is not None and first > 23:  # D-H...: H is an hour of the day
+        raise bad
+    if any(x > 59 for x in rest):
+        raise bad
     return value
+
+
+def setup_lines(setup: str) -> list[str]:
+    """The setup commands as script lines (checked with ``bash -n``; empty: a no-op line)."""
+    import subprocess
+
+    text = setup.strip("\n")
+    if not text.strip():
+        return [":  # no environment setup (smet-submit --setup '')"]
+    try:
+        res = subprocess.run(["bash", "-n"], input=text + "\n", capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        res = None
+    if res is not None and res.returncode != 0:
+        msg = " ".join(res.stderr.split()).replace("bash: -: ", "").replace("bash: ", "")
+        raise RenderError(f"--setup: not valid bash: {msg or repr(text)}")
+    return ["# environment setup rendered by smet-submit (--setup / SMET_SLURM_SETUP):", *text.splitlines()]
 
 
 def _sbatch_line(name: str, value: str | None) -> str:
@@ -50,8 +79,10 @@ def _sbatch_line(name: str, value: str | None) -> str:
     return f"#SBATCH --{name}={value}"
 
 
-def render(text: str, options: dict[str, str | None], rendered: dict[str, str], note: str = "") -> str:
-    """``text`` with ``options`` set in its #SBATCH header and the SMET_RENDERED_* lines filled.
+def render(text: str, options: dict[str, str | None], rendered: dict[str, str], note: str = "",
+           setup: str | None = None) -> str:
+    """``text`` with ``options`` set in its #SBATCH header and the SMET_RENDERED_* lines filled;
+    with ``setup`` (shell commands), the template's setup placeholder line replaced by them.
 
     ``options`` maps long option names to a value (None for a flag); an existing line for the same
     option is replaced in place, new ones go after the last #SBATCH line.
@@ -81,6 +112,12 @@ def render(text: str, options: dict[str, str | None], rendered: dict[str, str], 
         if len(hits) != 1:
             raise RenderError(f'template must hold exactly one line {var}="" (found {len(hits)})')
         lines[hits[0]] = f"{var}={shlex.quote(rendered.get(var, ''))}"
+    if setup is not None:
+        hits = [i for i, line in enumerate(lines) if _SETUP.match(line)]
+        if len(hits) != 1:
+            raise RenderError(f'template must hold exactly one setup line eval "${{SMET_SLURM_SETUP:-}}"  # SMET_SETUP '
+                              f"(found {len(hits)})")
+        lines[hits[0]:hits[0] + 1] = setup_lines(setup)
     if note:
         at = 1 if lines and lines[0].startswith("#!") else 0
         lines[at:at] = [f"# {x}" if x else "#" for x in note.splitlines()]
