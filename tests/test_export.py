@@ -3,6 +3,7 @@ tokenizer copy, error paths."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -308,3 +309,90 @@ def test_safetensors_stream_writer_matches_library(tmp_path):
     with pytest.raises(RuntimeError, match="declared"):
         write_safetensors(tmp_path / "y.safetensors", [Entry("a", torch.float32, (2,), lambda: torch.zeros(3))])
     assert not (tmp_path / "y.safetensors").exists()
+
+
+# ------------------------------------------------------------------ the run keeps its tokenizer
+
+
+@pytest.mark.slow
+def test_export_copied_run_without_cache(run_train, tmp_path, monkeypatch, capsys):
+    """<run>/tokenizer.json (sha256 in config.yaml and the checkpoint) makes a copied run exportable
+    on a machine without the data cache; the copy beside the checkpoint is the second choice; a file
+    that is not the run's tokenizer is refused; older runs (no `tokenizer:` entry) still resume."""
+    import shutil
+
+    import yaml
+
+    own_cache = tmp_path / "own_cache"
+    run = run_train(*FAST, *RUNS["smet"], out=tmp_path / "run", env={"SMET_CACHE_DIR": str(own_cache)}).out_dir
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    sha = cfg["tokenizer"]["sha256"]
+    assert cfg["tokenizer"]["file"] == "tokenizer.json"
+    assert hashlib.sha256((run / "tokenizer.json").read_bytes()).hexdigest() == sha
+    assert not (run / "checkpoints" / "tokenizer.json").exists()  # checkpoints/ holds checkpoints only
+    cached = list((own_cache / "tokenizers").glob("*.json"))
+    assert len(cached) == 1 and cached[0].read_bytes() == (run / "tokenizer.json").read_bytes()
+    ck = torch.load(str(run / "checkpoints" / "last.ckpt"), map_location="cpu", weights_only=True)
+    assert ck["hyper_parameters"]["cfg"]["tokenizer"] == {"file": "tokenizer.json", "sha256": sha}
+
+    # "another machine": the run copied elsewhere, the cache it was trained with gone, an empty one set
+    copy = tmp_path / "elsewhere" / "run"
+    shutil.copytree(run, copy)
+    shutil.rmtree(own_cache)
+    monkeypatch.setenv("SMET_CACHE_DIR", str(tmp_path / "empty_cache"))
+    assert export_main([str(copy), "--out", str(tmp_path / "exp")]) == 0
+    out = capsys.readouterr().out
+    assert f"tokenizer: {copy / 'tokenizer.json'} (the run's copy)" in out, out
+    assert (tmp_path / "exp" / "tokenizer.json").read_bytes() == (copy / "tokenizer.json").read_bytes()
+    assert json.loads((tmp_path / "exp" / "config.json").read_text())["eos_token_id"] is not None
+
+    # without <run>/tokenizer.json: a copy beside the checkpoint (a checkpoints/ folder copied alone)
+    (copy / "checkpoints" / "tokenizer.json").write_bytes((copy / "tokenizer.json").read_bytes())
+    (copy / "tokenizer.json").unlink()
+    r = export_checkpoint(copy, tmp_path / "exp2", fmt="compact")
+    assert "beside the checkpoint" in r.tokenizer, r.tokenizer
+    # another tokenizer as <run>/tokenizer.json: refused (sha256), the copy beside the checkpoint used
+    from tokenizers import Tokenizer
+
+    other = Tokenizer.from_file(str(copy / "checkpoints" / "tokenizer.json"))
+    other.add_tokens(["zzzz-not-the-run"])
+    other.save(str(copy / "tokenizer.json"))
+    r = export_checkpoint(copy, tmp_path / "exp3", fmt="compact")
+    assert "beside the checkpoint" in r.tokenizer, r.tokenizer
+    # ... and there too: no tokenizer (the cache is gone), a warning naming why; the weights exported
+    other.save(str(copy / "checkpoints" / "tokenizer.json"))
+    with pytest.warns(ExportWarning, match="sha256 differs"):
+        r = export_checkpoint(copy, tmp_path / "exp4", fmt="compact")
+    assert r.tokenizer == "not found" and (tmp_path / "exp4" / "sparse_model.safetensors").is_file()
+
+    # a checkpoint carrying its tokenizer (checkpoint["smet_tokenizer"]), copied alone: found inside it
+    from smet.export.run_tokenizer import checkpoint_entry
+
+    entry = checkpoint_entry(run, cfg)
+    assert entry is not None and entry["sha256"] == sha
+    ck["smet_tokenizer"] = entry
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    torch.save(ck, str(lone / "model.ckpt"))
+    r = export_checkpoint(lone / "model.ckpt", tmp_path / "exp5", fmt="compact")
+    assert "embedded in model.ckpt" in r.tokenizer, r.tokenizer
+    assert (tmp_path / "exp5" / "tokenizer.json").read_bytes() == (run / "tokenizer.json").read_bytes()
+
+
+def test_resume_check_accepts_older_checkpoints(tmp_path):
+    """config.yaml / the checkpoint gained a top-level `tokenizer:` entry: resuming a checkpoint
+    without it (an older run) passes the compatibility check, and so does the reverse."""
+    from omegaconf import OmegaConf
+
+    from smet.config import check_resume_compatible
+
+    base = {"model": {"hidden_size": 8, "intermediate_size": 16, "num_layers": 1, "num_heads": 2},
+            "sparsity": {"method": "dense"}, "data": {"seq_len": 16}}
+    old = tmp_path / "old.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"cfg": base, "vocab_size": 10}}, str(old))
+    new_cfg = OmegaConf.create(dict(base, tokenizer={"file": "tokenizer.json", "sha256": "ab" * 32}))
+    check_resume_compatible(str(old), new_cfg)
+    newer = tmp_path / "new.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"cfg": OmegaConf.to_container(new_cfg), "vocab_size": 10}},
+               str(newer))
+    check_resume_compatible(str(newer), OmegaConf.create(base))

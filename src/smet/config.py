@@ -89,11 +89,12 @@ def check_trainer(cfg: Mapping) -> None:
     if prec not in PRECISIONS:
         raise SmetConfigError("trainer.precision", f"unknown precision {prec!r}; choose 32, bf16-mixed or bf16-true")
     _choice(cfg, "trainer.accelerator", ("cpu", "gpu", "cuda", "auto"))
-    _choice(cfg, "trainer.progress_bar", ("rich", "tqdm", "none"))
+    _choice(cfg, "trainer.progress_bar", ("rich", "plain", "tqdm", "none"))
     _choice(cfg, "trainer.on_nonfinite", ("skip", "stop", "off"), required=False)
     _float(cfg, "trainer.gradient_clip_val", lo=0.0, lo_open=True, required=False)
     _int(cfg, "trainer.checkpoint_every_n_steps", lo=1, required=False)
     _int(cfg, "trainer.cpu_threads", lo=1, required=False)
+    _int(cfg, "trainer.max_consecutive_nonfinite", lo=1, required=False)
     lvb = get(cfg, "trainer.limit_val_batches")
     if lvb is not None and not ((_is_int(lvb) and lvb >= 1) or (isinstance(lvb, float) and 0.0 < lvb <= 1.0)):
         raise SmetConfigError("trainer.limit_val_batches",

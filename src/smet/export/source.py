@@ -134,6 +134,7 @@ class LoadedRun:
     model: Any                               # smet.models.llama.LlamaForCausalLM
     sparse: list[SparseLayerInfo] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    embedded_tokenizer: Path | None = None   # the checkpoint's smet_tokenizer entry, written to a temp file
 
     @property
     def method(self) -> str:
@@ -298,8 +299,11 @@ def load_run(path: str | os.PathLike) -> LoadedRun:
     for p in model.parameters():
         p.requires_grad_(False)
     step = ckpt.get("global_step")
+    from smet.export.run_tokenizer import embedded_copy
+
     return LoadedRun(ckpt_path=ckpt_path, run_dir=run_dir_of(ckpt_path), cfg=cfg, vocab_size=vocab_size,
-                     global_step=int(step) if step is not None else None, model=model, sparse=infos, warnings=warns)
+                     global_step=int(step) if step is not None else None, model=model, sparse=infos, warnings=warns,
+                     embedded_tokenizer=embedded_copy(ckpt, ckpt_path))
 
 
 def check_sparse_layer(layer, name: str, where: Any) -> None:
@@ -409,9 +413,20 @@ def _from_cfg(cfg: dict) -> list[tuple[str, str]]:
 
 
 def find_tokenizer(run: LoadedRun) -> TokenizerSource:
-    """The run's tokenizer.json: recorded in train.log, else recomputed from the config (BPE cache
-    path / local file / HF cache). Each candidate must load and fit the model's vocabulary."""
+    """The run's tokenizer.json: the run's own copy (``<run>/tokenizer.json``, written by train.py at
+    run start; then a tokenizer.json beside the checkpoint; then one embedded in the checkpoint), else (older runs) the cache file recorded in
+    summary.json / train.log, else recomputed from the config (BPE cache path / local file / HF cache).
+    Each candidate must load and fit the model's vocabulary; when the config records the tokenizer's
+    sha256 (``tokenizer.sha256``), a candidate must also match it."""
+    from smet.export.run_tokenizer import file_sha256, recorded_sha256, run_copies, sha256_bytes
+
+    want_sha = recorded_sha256(run.cfg)
+
     def candidates():  # lazily: the config route imports the data stack
+        for p, how in run_copies(run.run_dir, run.ckpt_path, run.cfg):
+            yield str(p), how
+        if run.embedded_tokenizer is not None:
+            yield str(run.embedded_tokenizer), f"embedded in {run.ckpt_path.name}"
         summary = run.run_dir / "summary.json"
         if summary.is_file():
             try:
@@ -439,6 +454,9 @@ def find_tokenizer(run: LoadedRun) -> TokenizerSource:
             tok = Tokenizer.from_file(str(path))
         except Exception as e:  # noqa: BLE001
             rejected.append(f"{path} (unreadable: {type(e).__name__})")
+            continue
+        if want_sha and file_sha256(path) != want_sha and sha256_bytes(tok.to_str().encode("utf-8")) != want_sha:
+            rejected.append(f"{path} (not the run's tokenizer: sha256 differs from tokenizer.sha256 in its config)")
             continue
         n = int(tok.get_vocab_size(with_added_tokens=True))
         data_vocab = (run.cfg.get("data") or {}).get("vocab_size")

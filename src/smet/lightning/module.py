@@ -66,7 +66,8 @@ class LMModule(L.LightningModule):
         build on CPU (bit-identical to earlier versions); Lightning moves it to the device."""
         super().__init__()
         cfg = _plain(cfg)
-        self.save_hyperparameters({"cfg": cfg, "vocab_size": vocab_size})
+        # logger=False: the loggers get the run config once, at their creation (W&B showed it twice, also as `cfg`)
+        self.save_hyperparameters({"cfg": cfg, "vocab_size": vocab_size}, logger=False)
         self.cfg = cfg
         scfg = cfg.get("sparsity") or {"method": "dense"}
         total, seed = int(cfg["trainer"]["max_steps"]), int(cfg.get("seed", 0))
@@ -89,6 +90,9 @@ class LMModule(L.LightningModule):
         self.nonfinite_policy = str(cfg["trainer"].get("on_nonfinite", "skip"))
         self.nonfinite_events: list[tuple[int, str]] = []
         self.nonfinite_stop: int | None = None
+        self.nonfinite_limit = int(cfg["trainer"].get("max_consecutive_nonfinite") or 20)
+        self.nonfinite_run = 0  # consecutive skipped steps (skip escalates to a stop at nonfinite_limit)
+        self.nonfinite_reason: str | None = None
         self.skip_topology_update = False
         self._val_sum = None
         self._val_count = None
@@ -129,6 +133,7 @@ class LMModule(L.LightningModule):
             self._nonfinite("loss", float(loss))
             return None  # Lightning skips backward and the optimizer step of this batch
         self.last_loss = loss.detach()
+        self.nonfinite_run = 0
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         return loss
 
@@ -149,10 +154,19 @@ class LMModule(L.LightningModule):
         step = self.trainer.global_step + 1
         self.nonfinite_events.append((step, what))
         self.log("train/nonfinite_events", float(len(self.nonfinite_events)), on_step=True, on_epoch=False)
+        self.nonfinite_run += 1
         if self.nonfinite_policy == "stop":
             self.nonfinite_stop = step
+            self.nonfinite_reason = "trainer.on_nonfinite=stop"
             self.trainer.should_stop = True
             log.error("non-finite %s (%s) at step %d: stopping (trainer.on_nonfinite=stop)", what, value, step)
+        elif self.nonfinite_run >= self.nonfinite_limit:
+            self.nonfinite_stop = step
+            self.nonfinite_reason = (f"{self.nonfinite_run} consecutive skipped steps, "
+                                     f"trainer.max_consecutive_nonfinite={self.nonfinite_limit}")
+            self.trainer.should_stop = True
+            log.error("non-finite %s (%s) at step %d: %d steps in a row skipped; stopping", what, value, step,
+                      self.nonfinite_run)
         else:
             log.warning("non-finite %s (%s) at step %d: step skipped (trainer.on_nonfinite=skip)", what, value, step)
 
@@ -188,6 +202,15 @@ class LMModule(L.LightningModule):
         if self.sparse is not None:
             checkpoint["smet_sparse"] = self.sparse.state_dict()
         checkpoint["smet_rng"] = rng_state()
+        # the run's tokenizer travels inside every checkpoint, so a .ckpt copied alone still decodes
+        if getattr(self, "_tokenizer_entry", None) is None and self._trainer is not None:
+            from smet.export.run_tokenizer import checkpoint_entry
+
+            self._tokenizer_entry = checkpoint_entry(self.trainer.default_root_dir, self.hparams.get("cfg") or {}) or {}
+        if getattr(self, "_tokenizer_entry", None):
+            from smet.export.run_tokenizer import CKPT_KEY
+
+            checkpoint[CKPT_KEY] = self._tokenizer_entry
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if self.sparse is not None and "smet_sparse" in checkpoint:

@@ -52,7 +52,7 @@ IGNORED_CONFIG = {"seed", "run_name", "ckpt_path", "output_dir", "project", "gro
                   "trainer.progress_bar", "trainer.model_summary", "trainer.log_every_n_steps",
                   "trainer.checkpoint_every_n_steps", "trainer.cpu_threads", "trainer.deterministic",
                   "trainer.peak_flops"}
-IGNORED_PREFIXES = ("logger.", "hydra.", "tags.")
+IGNORED_PREFIXES = ("logger.", "hydra.", "tags.", "tokenizer.")
 
 
 def _float(x: Any) -> Any:
@@ -248,7 +248,7 @@ def _differing_between(runs: Sequence[Run], candidates: Sequence[str]) -> list[s
 # how it reports progress; two runs equal on everything else (the seed included) are one run twice
 IDENTITY_IGNORED = {"run_name", "output_dir", "ckpt_path", "project", "group", "tags", "data.cache_dir",
                     "data.num_workers", "trainer.progress_bar", "trainer.model_summary", "trainer.cpu_threads"}
-IDENTITY_IGNORED_PREFIXES = ("logger.", "hydra.", "tags.")
+IDENTITY_IGNORED_PREFIXES = ("logger.", "hydra.", "tags.", "tokenizer.")
 
 
 def identity(run: Run) -> tuple:

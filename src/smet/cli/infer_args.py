@@ -1,0 +1,69 @@
+"""Argument handling shared by ``smet-eval`` and ``smet-generate``: one-line errors, exit code 2,
+checked before anything heavy (torch, the checkpoint) is loaded."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """``<prog>: error: <arg>: <what>`` on stderr and exit 2 (no usage block)."""
+
+    def error(self, message: str):
+        if message.startswith("argument "):
+            message = message[len("argument "):]
+            arg, sep, rest = message.partition(": ")
+            names = arg.split("/")  # '--max-new-tokens/-n' -> '--max-new-tokens'
+            message = f"{max(names, key=lambda n: (n.startswith('--'), len(n)))}{sep}{rest}"
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def fail(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def int_at_least(lo: int):
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {s!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {v}")
+        return v
+    return parse
+
+
+def float_at_least(lo: float):
+    def parse(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {s!r}") from None
+        if not v >= lo or v != v or v == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a finite number >= {lo}, got {s}")
+        return v
+    return parse
+
+
+def device_arg(s: str) -> str:
+    s = s.strip().lower()
+    if s in ("auto", "cpu", "cuda") or (s.startswith("cuda:") and s[5:].isdigit()):
+        return s
+    raise argparse.ArgumentTypeError(f"unknown device {s!r}; choose cpu, cuda, cuda:N or auto")
+
+
+def check_src(parser: OneLineParser, src: str) -> None:
+    """A missing path fails here, before torch is imported (the rest is checked by the loader)."""
+    p = Path(os.path.expanduser(src))
+    if not p.exists():
+        parser.fail(f"{p}: no such checkpoint file or run directory")
+    if p.is_file() and p.stat().st_size == 0:
+        parser.fail(f"{p}: cannot read checkpoint (empty file)")
+
+
+def die(prog: str, message: str) -> int:
+    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+    return 2
