@@ -77,3 +77,25 @@ def test_another_vocabulary_is_refused(run_train, tmp_path, real_ckpt, override,
     r = run_train(*TINY, f"ckpt_path={real_ckpt}", override, out=tmp_path / "v", check=False)
     assert r.returncode == 2 and f"smet: error: {key}: the checkpoint" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "v" / "config.yaml").exists()
+
+
+def test_stale_temp_files_of_killed_writers_are_removed(tmp_path):
+    import os
+    import subprocess
+
+    from smet.checkpoints import clean_stale_temp_files
+    from smet.config import check_output_dir
+
+    ck = tmp_path / "checkpoints"
+    ck.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = ck / f".last.ckpt.abc123.tmp-{dead.pid}"
+    live = ck / f".last.ckpt.def456.tmp-{os.getppid()}"  # a writer that still runs: kept
+    other = ck / "step0000001.ckpt"
+    for p in (stale, live, other):
+        p.write_bytes(b"x")
+    with pytest.warns(UserWarning, match="killed"):
+        check_output_dir(tmp_path)
+    assert not stale.exists() and live.exists() and other.exists()
+    assert clean_stale_temp_files(tmp_path) == []

@@ -85,3 +85,31 @@ def content_problem(path: str | os.PathLike) -> str | None:
     if not isinstance(hp, dict) or not isinstance(hp.get("cfg"), dict):
         return "has no smet run config (hyper_parameters.cfg): not written by smet's train.py"
     return None
+
+
+def clean_stale_temp_files(run_dir: str | os.PathLike) -> list[Path]:
+    """Remove temporary files of checkpoint writers that were killed mid-write (``.<name>.*.tmp-<pid>``
+    of :func:`smet.atomic.atomic_write`) whose process no longer runs. Returns what was removed."""
+    import re
+
+    removed = []
+    root = Path(run_dir)
+    for p in [*root.glob("checkpoints/.*.tmp-*"), *root.glob(".*.tmp-*")]:
+        m = re.search(r"\.tmp-(\d+)$", p.name)
+        if not m:
+            continue
+        pid = int(m.group(1))
+        try:
+            os.kill(pid, 0)
+            alive = pid != os.getpid()
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:
+            alive = True
+        if not alive:
+            try:
+                p.unlink()
+                removed.append(p)
+            except OSError:
+                pass
+    return removed

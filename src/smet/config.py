@@ -271,4 +271,8 @@ def check_output_dir(path: str | os.PathLike) -> Path:
         probe.unlink()
     except OSError as e:
         raise SmetConfigError("hydra.run.dir", f"output directory {p} is not writable ({e.strerror})") from None
+    from smet.checkpoints import clean_stale_temp_files
+
+    for stale in clean_stale_temp_files(p):
+        warnings.warn(f"removed {stale}: the temporary file of a checkpoint write that was killed")
     return p
