@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -317,3 +318,16 @@ def test_bench_compile_axis(tmp_path):
     assert [(r["method"], r["compile"]) for r in records] == [("dense", False), ("smet", False), ("dense", True),
                                                                 ("smet", True)]
     assert all(r["loss_finite"] and r["tokens_per_s"] > 0 for r in records)
+
+
+def test_bench_out_checked_before_any_compute(tmp_path):
+    kept = tmp_path / "old.json"
+    kept.write_text('{"earlier": "result"}')
+    for out, msg in ((kept, "exists; pass --force"), (tmp_path, "is a directory"),
+                     (Path("/proc/smet-nope/x.json"), "cannot write into /proc/smet-nope")):
+        r = subprocess.run(_cli("smet-bench") + ["--device", "cpu", "--model", "tiny", "--out", str(out)],
+                           capture_output=True, text=True, timeout=60)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and msg in lines[0], r.stderr
+        assert "[smet-bench] model" not in r.stderr  # refused before the benchmark started
+    assert kept.read_text() == '{"earlier": "result"}'

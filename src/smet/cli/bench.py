@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of model init, masks and data (default: 0)")
     p.add_argument("--out", type=Path, default=None, help="write the JSON records here")
     p.add_argument("--md", type=Path, default=None, help="also write the Markdown table (and ratio lines) here")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out / --md file")
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
                    help="also profile 2 steps per combination with torch.profiler: DIR/<combination>.txt (top ops "
                         "by device and host time) and the per-phase times / kernel counts in the JSON records")
@@ -812,6 +813,26 @@ def _from_json(args) -> int:
     return 0
 
 
+def check_output_file(opt: str, path: Path | None, force: bool) -> None:
+    """Before any compute: the file can be written, and an existing one is kept unless --force."""
+    import tempfile
+
+    if path is None:
+        return
+    if path.is_dir():
+        raise CliError(opt, f"{path} is a directory; give a file name")
+    if path.exists() and not force:
+        raise CliError(opt, f"{path} exists; pass --force to overwrite it or choose another file")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".smet-probe-", dir=parent)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise CliError(opt, f"cannot write into {parent} ({e.strerror or e})") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.amortize_interval is not None and args.amortize_interval < 1:
@@ -835,6 +856,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise CliError("--peak-tflops", f"must be positive, got {args.peak_tflops:g}")
         if args.time_budget is not None and not args.time_budget > 0:
             raise CliError("--time-budget", f"must be positive, got {args.time_budget:g}")
+        for opt, path in (("--out", args.out), ("--md", args.md)):
+            check_output_file(opt, path, args.force)
         model_cfg = load_model_preset(args.model)
         check_block_size(model_cfg, args.block_size)
         model_cfg["vocab_size"] = args.vocab
@@ -876,12 +899,14 @@ def main(argv: Sequence[str] | None = None) -> int:
               "predict_static (smet-memory); peak = torch.cuda.max_memory_allocated / _reserved.")
     table = markdown(records, args)
     lines = ratios(records)
+    from smet.atomic import atomic_write
+
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(records, indent=2, default=str))
+        text = json.dumps(records, indent=2, default=str)
+        atomic_write(args.out, lambda f: f.write(text.encode()))
     if args.md is not None:
-        args.md.parent.mkdir(parents=True, exist_ok=True)
-        args.md.write_text(header + "\n\n" + table + "\n\n" + "\n".join(f"* {x}" for x in lines) + "\n")
+        md = header + "\n\n" + table + "\n\n" + "\n".join(f"* {x}" for x in lines) + "\n"
+        atomic_write(args.md, lambda f: f.write(md.encode()))
     print("\n" + header + "\n")
     print(table)
     print()
