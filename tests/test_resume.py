@@ -101,10 +101,19 @@ def test_nonfinite_stop_and_skip(run_train, tmp_path):
     assert stop.returncode == 3, stop.stderr[-2000:]
     assert "non-finite" in stop.stderr and "nonfinite-step" in stop.stderr
     assert list((stop.out_dir / "checkpoints").glob("nonfinite-step*.ckpt"))
-    skip = run_train(*FAST, *blowup, "trainer.on_nonfinite=skip", out=tmp_path / "skip")
+    skip = run_train(*FAST, *blowup, "trainer.on_nonfinite=skip", "trainer.max_consecutive_nonfinite=100",
+                     out=tmp_path / "skip")
     s = json.loads((skip.out_dir / "summary.json").read_text())
     assert s["nonfinite_steps"], "skipped steps must be reported"
-    assert "step skipped" in skip.stdout + skip.stderr
+    assert "step skipped" in skip.stdout + skip.stderr + (skip.out_dir / "train.log").read_text()
+    # skip escalates: K consecutive skipped steps -> checkpoint + exit 3
+    esc = run_train(*FAST, *blowup, "trainer.max_consecutive_nonfinite=3", out=tmp_path / "esc", check=False)
+    assert esc.returncode == 3 and "3 consecutive skipped steps" in esc.stderr, esc.stderr[-2000:]
+    assert list((esc.out_dir / "checkpoints").glob("nonfinite-step*.ckpt"))
+    # with the check off, a nan result is still never reported as a success
+    off = run_train(*FAST, *blowup, "trainer.on_nonfinite=off", out=tmp_path / "off", check=False)
+    assert off.returncode == 3 and "non-finite" in off.stderr and "Training finished" not in off.stdout, off.stderr
+    assert json.loads((off.out_dir / "summary.json").read_text())["status"] == "nonfinite"
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ after they exist, and the sweep's ``multirun.yaml`` again at the end of the mult
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -77,8 +78,48 @@ except ImportError:  # pragma: no cover - hydra missing: nothing to redact
     Callback = object  # type: ignore[misc,assignment]
 
 
+class RedactLogFilter(logging.Filter):
+    """A handler filter that masks secrets in every record (Hydra's launcher logs each job's overrides)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            msg = record.getMessage()
+        except Exception:  # pragma: no cover - a malformed record: leave it to logging
+            return True
+        clean = redact_text(msg)
+        if clean != msg:
+            record.msg, record.args = clean, ()
+        return True
+
+
+# loggers that print job overrides; a logger-level filter survives Hydra re-configuring the handlers per job
+_OVERRIDE_LOGGERS = ("hydra._internal.core_plugins.basic_launcher", "hydra_plugins.hydra_submitit_launcher.submitit_launcher",
+                     "hydra._internal.utils", "hydra.core.utils", "smet")
+
+
+def install_log_redaction() -> None:
+    """Add :class:`RedactLogFilter` to the loggers that print overrides and to every handler of the
+    root and Hydra loggers (idempotent)."""
+    def add(target) -> None:
+        if not any(isinstance(f, RedactLogFilter) for f in target.filters):
+            target.addFilter(RedactLogFilter())
+
+    for name in _OVERRIDE_LOGGERS:
+        add(logging.getLogger(name))
+    for name in (None, "hydra"):
+        for handler in logging.getLogger(name).handlers:
+            add(handler)
+
+
 class RedactHydraFiles(Callback):
-    """Hydra callback: mask secrets in the files Hydra writes for each job and for the sweep."""
+    """Hydra callback: mask secrets in the files Hydra writes for each job and for the sweep, and in
+    the console/log lines Hydra prints (each job's overrides)."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        install_log_redaction()
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        install_log_redaction()
 
     def on_job_start(self, config, **kwargs) -> None:
         try:
@@ -86,6 +127,7 @@ class RedactHydraFiles(Callback):
             sub = config.hydra.output_subdir
         except Exception:  # pragma: no cover
             return
+        install_log_redaction()  # the job's own handlers (train.log) exist now
         if sub is not None:
             for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
                 redact_yaml_file(out / str(sub) / name)

@@ -71,11 +71,11 @@ def redact_secrets(obj: Any) -> Any:
 
 
 def default_run_name(resolved: dict) -> str:
-    sp = resolved.get("sparsity") or {}
-    method = sp.get("method", "dense")
-    variant = f"-{sp['variant']}" if sp.get("variant") else ""
-    dens = "" if method == "dense" else f"-d{sp.get('density')}"
-    return f"{resolved['model']['name']}-{method}{variant}{dens}-s{resolved.get('seed')}"
+    """``<model>-<method>[-<variant>][-d<density>]-s<seed>`` (multirun jobs add their swept keys:
+    ``smet.run_naming``)."""
+    from smet.run_naming import build_run_name
+
+    return build_run_name(resolved)
 
 
 def auto_tags(resolved: dict) -> list[str]:
@@ -90,30 +90,42 @@ def auto_tags(resolved: dict) -> list[str]:
     return tags
 
 
+def wandb_mode(value: Any) -> str:
+    """``logger.wandb.mode``: offline (default; ``dryrun``, W&B's old name that Lightning's offline
+    WandbLogger exports as WANDB_MODE, means the same), online or disabled."""
+    mode = str(value or "offline").strip().lower()
+    if mode == "dryrun":
+        return "offline"
+    if mode not in ("offline", "online", "disabled"):
+        raise SmetConfigError("logger.wandb.mode", f"unknown mode {value!r}; choose offline, online or disabled")
+    return mode
+
+
 def build_loggers(cfg: DictConfig, resolved: dict, run_dir: Path) -> list:
     from smet.lightning.loggers import AppendingCSVLogger
 
     loggers: list = [AppendingCSVLogger(save_dir=str(run_dir), name="", version="")]
     wcfg = (resolved.get("logger") or {}).get("wandb")
     if wcfg:
+        import wandb
         from lightning.pytorch.loggers import WandbLogger
 
-        mode = str(wcfg.get("mode") or "offline")
-        if mode not in ("offline", "online", "disabled"):
-            raise SmetConfigError("logger.wandb.mode", f"unknown mode {mode!r}; choose offline, online or disabled")
+        mode = wandb_mode(wcfg.get("mode"))
         loggers.append(
             WandbLogger(
                 project=wcfg.get("project") or "smet",
                 entity=wcfg.get("entity"),
                 name=wcfg.get("name"),
                 group=wcfg.get("group"),
-                tags=list(wcfg.get("tags") or []) + auto_tags(resolved),
+                tags=list(dict.fromkeys(list(wcfg.get("tags") or []) + auto_tags(resolved))),
                 save_dir=str(run_dir),
                 offline=(mode == "offline"),
                 mode=mode,
                 config=resolved,
                 log_model=False,
                 job_type=wcfg.get("job_type") or "train",
+                # no W&B run history / summary dump on the console at finish (train.log has the summary)
+                settings=wandb.Settings(quiet=True, console="off"),
             )
         )
         with _redacted_argv():  # W&B records the command line in its run metadata: no secrets there
@@ -152,7 +164,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, tokens_per_step: int, flops_pe
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
-    from smet.lightning.callbacks import SparsityCallback, StepProgressBar, ThroughputMonitor
+    from smet.console import ProgressLog, stdout_is_tty
+    from smet.lightning.callbacks import ConsoleProgress, SparsityCallback, StepProgressBar, ThroughputMonitor
     from smet.lightning.strategy import build_strategy
     from smet.lightning.checkpoint_io import AtomicCheckpointIO
 
@@ -161,17 +174,27 @@ def build_trainer(cfg: DictConfig, run_dir: Path, tokens_per_step: int, flops_pe
     every_ckpt = int(t.get("checkpoint_every_n_steps") or t.val_every_n_steps)
     callbacks: list = [
         ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="step{step:07d}", auto_insert_metric_name=False,
-                        every_n_train_steps=every_ckpt, save_last=True, save_top_k=2, monitor="step", mode="max"),
+                        every_n_train_steps=every_ckpt, save_last=True, save_top_k=2, monitor="step", mode="max",
+                        enable_version_counter=False),  # a resumed run updates its own last.ckpt (no last-v1)
         ThroughputMonitor(tokens_per_step, flops_per_token, active_flops_per_token,
                           log_every_n_steps=int(t.log_every_n_steps), peak_flops=t.get("peak_flops")),
     ]
-    if sparse:
-        callbacks.append(SparsityCallback(spike_window=int(get(cfg, "sparsity.spike_window", 10))))
+    # rich (default): the rich bar on a TTY, else (a log file, nohup, SLURM .out) plain lines every
+    # log_every_n_steps; plain: always the lines; tqdm / none: the lines go to train.log only
     bar = t.get("progress_bar", "rich")
+    if bar == "rich" and not stdout_is_tty():
+        bar = "plain"
+    progress = ProgressLog(file_only=bar != "plain")
+    if sparse:
+        callbacks.append(SparsityCallback(spike_window=int(get(cfg, "sparsity.spike_window", 10)), progress=progress))
+    callbacks.append(ConsoleProgress(progress, int(t.max_steps), int(t.log_every_n_steps), tokens_per_step))
     if bar == "rich":
         callbacks.append(StepProgressBar(leave=True))
     elif bar == "tqdm":
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, int(t.log_every_n_steps))))
+    from smet.lightning.interrupt import GracefulInterrupt
+
+    callbacks.append(GracefulInterrupt(run_dir / "checkpoints"))  # last: after this step's topology update
     accelerator = "gpu" if t.accelerator == "cuda" else t.accelerator
     return L.Trainer(
         accelerator=accelerator,
@@ -189,8 +212,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, tokens_per_step: int, flops_pe
         gradient_clip_val=t.get("gradient_clip_val"),
         deterministic=bool(t.get("deterministic", False)),
         use_distributed_sampler=False,
-        enable_progress_bar=bar != "none",
-        enable_model_summary=bool(t.get("model_summary", True)),
+        enable_progress_bar=bar in ("rich", "tqdm"),
+        enable_model_summary=bool(t.get("model_summary", False)),  # smet prints its own model line
         default_root_dir=str(run_dir),
         plugins=[AtomicCheckpointIO()] if "deepspeed" not in str(t.get("strategy") or "") else None,
         logger=loggers,
@@ -224,13 +247,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     log.info("preparing data (%s)...", cfg.data.name)
     dm.prepare()
+    mv = get(cfg, "model.vocab_size")
+    if isinstance(mv, int) and mv < dm.vocab_size:
+        raise SmetConfigError("model.vocab_size", f"{mv} is smaller than the tokenizer's {dm.vocab_size} tokens; "
+                                                  "leave it null (the tokenizer's size) or raise it")
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    if not resolved.get("run_name"):
-        resolved["run_name"] = default_run_name(resolved)
-        if (resolved.get("logger") or {}).get("wandb"):
-            resolved["logger"]["wandb"]["name"] = resolved["run_name"]
+    from smet.run_naming import apply_run_identity
+
+    apply_run_identity(resolved)  # run_name from the swept overrides (multirun); W&B name, group, tags
     resolved["data"]["vocab_size"] = dm.vocab_size
     resolved = redact_secrets(resolved)
+    from smet.export.run_tokenizer import keep_run_tokenizer
+
+    keep_run_tokenizer(run_dir, dm, resolved)  # <run>/tokenizer.json + its sha256 as config `tokenizer:`
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
 
     module = LMModule(resolved, vocab_size=dm.vocab_size, defer_init=defer_init(cfg))
@@ -247,9 +276,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     n_params = module.model.num_params()
     if trainer.is_global_zero:
-        log.info("model %s: %.2fM parameters (%.2fM without embedding), vocab %d, seq %d; run dir %s",
-                 mcfg.hidden_size, n_params / 1e6, module.model.num_params(False) / 1e6, dm.vocab_size,
-                 cfg.data.seq_len, run_dir)
+        log.info("%s", model_line(resolved, module, n_params, dm.vocab_size, fpt, active_fpt, run_dir))
     t0 = time.time()
     fit_kwargs = {"weights_only": True} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, **fit_kwargs)
@@ -257,8 +284,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         ck = run_dir / "checkpoints" / f"nonfinite-step{module.nonfinite_stop:07d}.ckpt"
         trainer.save_checkpoint(str(ck))
         print(f"smet: error: non-finite loss or gradients at step {module.nonfinite_stop}; stopped "
-              f"(trainer.on_nonfinite=stop). State before that step: {ck}", file=sys.stderr, flush=True)
+              f"({module.nonfinite_reason}). State before that step: {ck}", file=sys.stderr, flush=True)
         sys.exit(3)
+    interrupt = next((c for c in trainer.callbacks if c.__class__.__name__ == "GracefulInterrupt"), None)
+    if interrupt is not None and interrupt.signum is not None:
+        _finish_interrupted(interrupt, trainer, run_dir, time.time() - t0)
     if getattr(module, "last_val_step", None) != trainer.global_step:
         trainer.validate(module, datamodule=dm, verbose=False)
     wall = time.time() - t0
@@ -268,6 +298,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     sc = next((c for c in trainer.callbacks if c.__class__.__name__ == "SparsityCallback"), None)
     summary = {
         "run_dir": str(run_dir),
+        "run_name": resolved.get("run_name"),
         "steps": int(trainer.global_step),
         "val_loss": metrics.get("val/loss"),
         "val_ppl": metrics.get("val/ppl"),
@@ -294,16 +325,66 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if lg.__class__.__name__ == "WandbLogger":
             try:
                 summary["wandb_dir"] = str(Path(lg.experiment.dir).parent)
-                lg.experiment.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+                # val loss/ppl are in the W&B summary already as val/loss, val/ppl (one naming)
+                lg.experiment.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))
+                                              and k not in ("val_loss", "val_ppl")})
             except Exception:  # pragma: no cover - wandb disabled
                 pass
+    final_ok = summary["val_ppl"] is not None and math.isfinite(summary["val_ppl"])
+    summary["status"] = "ok" if final_ok else "nonfinite"
     if trainer.is_global_zero:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        _print_summary(summary)
+        _print_summary(summary, next_commands=not _is_multirun_job() and final_ok)
     for lg in loggers:
         if lg.__class__.__name__ == "WandbLogger":
-            lg.experiment.finish()
+            lg.experiment.finish(exit_code=0 if final_ok else 3)
+    if not final_ok:  # never report a nan/inf result as a success
+        print(f"smet: error: the final validation perplexity is {summary['val_ppl']} (non-finite); "
+              f"{len(summary['nonfinite_steps'])} step(s) were skipped as non-finite. The run is marked "
+              f"status nonfinite in {run_dir / 'summary.json'}", file=sys.stderr, flush=True)
+        sys.exit(3)
     return summary
+
+
+def resume_command(run_dir: Path) -> str:
+    """``python train.py <this run's overrides> hydra.run.dir=R ckpt_path=R`` (secrets masked)."""
+    import shlex
+
+    from smet.redact import redact_text
+
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task)
+    except Exception:  # not under Hydra
+        overrides = []
+    keep = [o for o in overrides if o.partition("=")[0].lstrip("+~") not in ("ckpt_path", "hydra.run.dir")]
+    return redact_text(shlex.join(["python", "train.py", *keep, f"hydra.run.dir={run_dir}", f"ckpt_path={run_dir}"]))
+
+
+def _finish_interrupted(interrupt, trainer, run_dir: Path, wall: float) -> None:
+    """A run stopped by a signal: summary.json says so, the console says how to resume, and the exit
+    code is 128 + the signal number (143 SIGTERM, 130 SIGINT), never 0."""
+    ck = interrupt.checkpoint
+    summary = {"run_dir": str(run_dir), "status": "interrupted", "signal": interrupt.signal_name,
+               "steps": int(trainer.global_step), "wall_s": round(wall, 1),
+               "checkpoint": str(ck) if ck else None, "metrics_csv": str(run_dir / "metrics.csv")}
+    if trainer.is_global_zero:
+        from smet.atomic import atomic_write
+
+        text = json.dumps(summary, indent=2)
+        atomic_write(run_dir / "summary.json", lambda f: f.write(text.encode()))
+        msg = (f"smet: interrupted by {interrupt.signal_name} at step {trainer.global_step}; checkpoint {ck}\n"
+               f"  resume: {resume_command(run_dir)}")
+        log.info(msg.replace("\n", " |"))
+        print(msg, file=sys.stderr, flush=True)
+    for lg in trainer.loggers:
+        if lg.__class__.__name__ == "WandbLogger":
+            try:
+                lg.experiment.finish(exit_code=128 + int(interrupt.signum))
+            except Exception:  # pragma: no cover
+                pass
+    sys.exit(128 + int(interrupt.signum))
 
 
 def _mean(xs: list[float]) -> float | None:
@@ -320,11 +401,43 @@ def _static_bytes(module, trainer) -> dict | None:
     return measure_static(module.model, opt, module.sparse)
 
 
-def _print_summary(s: dict) -> None:
+def _is_multirun_job() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # not under Hydra
+        return False
+
+
+def model_line(resolved: dict, module, n_params: int, vocab: int, fpt: float, active_fpt: float | None,
+               run_dir: Path) -> str:
+    """``model tiny: smet d=0.25, 1.90M params (0.48M active in sparse layers of 1.57M), vocab 4096,
+    seq 128, 11.4 MFLOPs/token (3.6 active); run dir ...``"""
+    sp = resolved.get("sparsity") or {}
+    method = sp.get("method", "dense")
+    head = f"model {resolved['model']['name']}: {method}"
+    if sp.get("variant"):
+        head += f" ({sp['variant']})"
+    ctrl = module.sparse
+    if ctrl is not None:
+        head += f" d={sp.get('density')}"
+        params = (f"{n_params / 1e6:.2f}M params ({ctrl.active_weights() / 1e6:.2f}M active in sparse layers "
+                  f"of {ctrl.dense_weights() / 1e6:.2f}M)")
+    else:
+        params = f"{n_params / 1e6:.2f}M params ({module.model.num_params(False) / 1e6:.2f}M without embedding)"
+    flops = f"{fpt / 1e6:,.1f} MFLOPs/token" + (f" ({active_fpt / 1e6:,.1f} active)" if active_fpt else "")
+    return (f"{head}, {params}, vocab {vocab}, seq {resolved['data']['seq_len']}, {flops}; "
+            f"run {resolved.get('run_name')} in {run_dir}")
+
+
+def _print_summary(s: dict, next_commands: bool = False) -> None:
     ppl = s["val_ppl"]
     lines = [
         "",
-        f"Training finished: {s['steps']} steps in {s['wall_s']} s"
+        (f"Training finished" if s.get("status", "ok") == "ok" else "Training ENDED WITH A NON-FINITE RESULT") + f"{' (' + s['run_name'] + ')' if s.get('run_name') else ''}: "
+        f"{s['steps']} steps in {s['wall_s']} s"
         + (f", {s['tokens_per_s']:,.0f} tokens/s" if s.get("tokens_per_s") else ""),
         f"  final validation perplexity: {ppl:.2f}" if ppl is not None and math.isfinite(ppl) else
         f"  final validation perplexity: {ppl}",
@@ -342,7 +455,16 @@ def _print_summary(s: dict) -> None:
     if s.get("wandb_dir"):
         lines.append(f"  W&B run:        {s['wandb_dir']}")
     lines.append(f"  summary:        {Path(s['run_dir']) / 'summary.json'}")
-    print("\n".join(line for line in lines if line), flush=True)
+    if next_commands:
+        import shlex
+
+        rd = shlex.quote(str(s["run_dir"]))
+        lines += ["  next:",
+                  f"    export:   smet-export {rd} --out {shlex.quote(str(Path(s['run_dir']) / 'export'))}",
+                  f"    generate: smet-generate {rd} --prompt \"In the beginning\""]
+    from smet.console import echo
+
+    echo("\n".join(line for line in lines if line))  # console and train.log
 
 
 def precheck_output_dirs(argv: list[str]) -> None:
@@ -351,7 +473,7 @@ def precheck_output_dirs(argv: list[str]) -> None:
     the default ``outputs/`` (or ``multirun/``) under the current directory."""
     multirun = any(a in ("-m", "--multirun") for a in argv)
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    target = next((a.split("=", 1)[1] for a in argv if a.startswith(key + "=")), None)
+    target = ([a.split("=", 1)[1] for a in argv if a.startswith(key + "=")] or [None])[-1]  # Hydra uses the last
     path = Path(target if target and "${" not in target else ("multirun" if multirun else "outputs")).expanduser()
     probe = path
     while not probe.exists() and probe.parent != probe:
@@ -365,13 +487,59 @@ def precheck_output_dirs(argv: list[str]) -> None:
         sys.exit(2)
 
 
-def main_with_errors(cfg: DictConfig) -> dict[str, Any] | None:
-    """Hydra entry: bad input → one clear line on stderr and exit code 2 (no traceback)."""
+@contextlib.contextmanager
+def _wandb_env_scope():
+    """Each run (each multirun job) starts from the same WANDB_* environment: Lightning's offline
+    WandbLogger exports WANDB_MODE=dryrun, which the next job would read back through
+    conf/logger/wandb.yaml. Also finishes a W&B run a failed job left open (the next job would reuse it)."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("WANDB_")}
     try:
-        return run(cfg)
-    except SmetConfigError as err:
-        print(f"smet: error: {err}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        yield
+    finally:
+        wandb = sys.modules.get("wandb")
+        if wandb is not None and getattr(wandb, "run", None) is not None:
+            with contextlib.suppress(Exception):
+                wandb.finish(exit_code=1)
+        for k in [k for k in os.environ if k.startswith("WANDB_") and k not in saved]:
+            del os.environ[k]
+        os.environ.update(saved)
+
+
+def _record_failed_job(cfg: DictConfig, error: str) -> None:
+    """A failed multirun job: summary.json ``status: failed`` (the sweep goes on; the end-of-sweep
+    table shows it and the multirun exits non-zero)."""
+    try:
+        run_dir = _output_dir(cfg)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "summary.json").write_text(json.dumps({"run_dir": str(run_dir), "status": "failed",
+                                                          "error": error[-2000:]}, indent=2))
+    except Exception:  # pragma: no cover - unwritable dir: the table shows the job as failed anyway
+        pass
+
+
+def main_with_errors(cfg: DictConfig) -> dict[str, Any] | None:
+    """Hydra entry: bad input → one clear line on stderr and exit code 2 (no traceback). In a
+    multirun a failed job is recorded (summary.json status failed) and the sweep continues."""
+    multirun = _is_multirun_job()
+    with _wandb_env_scope():
+        try:
+            return run(cfg)
+        except SmetConfigError as err:
+            print(f"smet: error: {err}", file=sys.stderr, flush=True)
+            if not multirun:
+                sys.exit(2)
+            _record_failed_job(cfg, f"smet: error: {err}")
+        except SystemExit as err:  # exit 3 (non-finite): a multirun records it and goes on; signals end the sweep
+            if not multirun or err.code in (0, None) or (isinstance(err.code, int) and err.code >= 128):
+                raise
+            if not (_output_dir(cfg) / "summary.json").exists():
+                _record_failed_job(cfg, f"exit code {err.code} (non-finite training)")
+        except Exception as err:
+            if not multirun:
+                raise
+            log.exception("job failed: %s", err)
+            _record_failed_job(cfg, f"{type(err).__name__}: {err}")
+    return None
 
 
 if os.environ.get("SMET_DEBUG"):

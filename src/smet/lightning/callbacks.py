@@ -104,8 +104,9 @@ class SparsityCallback(L.Callback):
     per-layer checksums, growth all-reduces issued.
     """
 
-    def __init__(self, spike_window: int = 10, log_layer_density: bool = True):
+    def __init__(self, spike_window: int = 10, log_layer_density: bool = True, progress=None):
         super().__init__()
+        self.progress = progress  # smet.console.ProgressLog: one line per topology update
         self.k = max(int(spike_window), 1)
         self.log_layer_density = log_layer_density
         self._last_step = -1
@@ -162,6 +163,11 @@ class SparsityCallback(L.Callback):
         if stats:
             metrics.update(stats)
             self._pending.append(step)
+            if self.progress is not None and trainer.is_global_zero:
+                self.progress.info("topology update %d at step %d: regrown %d, drop fraction %.3f, density %.4f",
+                                   int(stats.get("sparsity/update", 0)), step, int(stats.get("sparsity/regrown", 0)),
+                                   float(stats.get("sparsity/drop_fraction", 0.0)),
+                                   float(stats.get("sparsity/density", float("nan"))))
             if self.log_layer_density:
                 for name, layer in ctrl.named_layers:
                     metrics[f"density/{name}"] = layer.density
@@ -218,3 +224,60 @@ class StepProgressBar(RichProgressBar):
 
     def _get_train_description(self, current_epoch: int) -> str:  # Lightning's hook for the label
         return f"{'Training':{len(self.validation_description)}}"
+
+
+class ConsoleProgress(L.Callback):
+    """Plain progress lines for logs (stdout not a TTY: ``make train > log``, nohup, SLURM ``.out``).
+
+    Every ``log_every_n_steps`` optimizer steps (and the last): ``step s/max  loss  lr  tokens/s
+    ETA``; after each validation: its loss and perplexity. Lines go through :class:`smet.console.
+    ProgressLog` (console + ``train.log``, or ``train.log`` only while a rich/tqdm bar is shown).
+    Reads the loss only at the printed steps (one host sync per ``log_every_n_steps``)."""
+
+    def __init__(self, progress, max_steps: int, log_every_n_steps: int, tokens_per_step: int):
+        super().__init__()
+        self.out = progress
+        self.max_steps = int(max_steps)
+        self.every = max(int(log_every_n_steps), 1)
+        self.tokens_per_step = int(tokens_per_step)
+        self._last = -1
+        self._t = None
+        self._s = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._t, self._s = time.perf_counter(), trainer.global_step
+        self._last = trainer.global_step
+        if trainer.is_global_zero:
+                self.out.info("training: %d steps (from step %d), %s tokens/step", self.max_steps, trainer.global_step,
+                          f"{self.tokens_per_step:,}")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step == self._last or (step % self.every and step < self.max_steps) or not trainer.is_global_zero:
+            return
+        self._last = step
+        now = time.perf_counter()
+        rate = eta = None
+        if self._t is not None and step > self._s and now > self._t:
+            sec_per_step = (now - self._t) / (step - self._s)
+            rate = self.tokens_per_step / sec_per_step
+            eta = sec_per_step * max(self.max_steps - step, 0)
+        self._t, self._s = now, step
+        loss = getattr(pl_module, "last_loss", None)
+        parts = [f"step {step}/{self.max_steps}", f"loss {float(loss):.4f}" if loss is not None else "loss -"]
+        opts = trainer.optimizers
+        if opts:
+            parts.append(f"lr {opts[0].param_groups[0]['lr']:.3e}")
+        if rate is not None:
+            from smet.console import fmt_duration
+
+            parts += [f"{rate:,.0f} tok/s", f"ETA {fmt_duration(eta)}"]
+        self.out.info("  ".join(parts))
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        m = trainer.callback_metrics
+        if "val/loss" in m:
+            self.out.info("validation at step %d: loss %.4f, ppl %.2f", trainer.global_step,
+                          float(m["val/loss"]), float(m.get("val/ppl", float("nan"))))

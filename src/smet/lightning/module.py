@@ -133,7 +133,6 @@ class LMModule(L.LightningModule):
             self._nonfinite("loss", float(loss))
             return None  # Lightning skips backward and the optimizer step of this batch
         self.last_loss = loss.detach()
-        self.nonfinite_run = 0
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         return loss
 
@@ -144,6 +143,7 @@ class LMModule(L.LightningModule):
             return
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         if not grads or bool(torch.stack(torch._foreach_norm(grads)).isfinite().all()):
+            self.nonfinite_run = 0  # a real step: the run of skipped steps is over
             return
         self._nonfinite("gradient", float("nan"))
         for p in self.model.parameters():

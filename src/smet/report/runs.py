@@ -87,7 +87,7 @@ class Run:
             st = st.strip().lower()
             if st in ("finished", "complete", "completed", "ok", "done"):
                 return "finished"
-            return st if st in ("running", "interrupted") else "crashed"
+            return st if st in ("running", "interrupted", "nonfinite", "failed") else "crashed"
         if self.kind == "wandb" and self.state:
             st = self.state.lower()
             if st == "running":

@@ -1,0 +1,195 @@
+"""``smet-memory``: GPU fit / largest micro-batch, model-dimension overrides, output width, bad input.
+
+Everything here runs in-process through ``smet.cli.memory.main`` (meta-device model, no allocation),
+plus one subprocess check that a piped run stays within 120 columns."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from smet.cli import memory as cli
+from smet.models.llama import LlamaConfig
+from smet.sparse.memory import estimate_activations
+
+GIB = 2**30
+
+
+def _json(capsys, argv):
+    rc = cli.main(argv + ["--json"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    return json.loads(out)
+
+
+def _total(row, batch, ckpt):
+    cfg = dict(cli.load_model_preset(row["model"]), **row["model_overrides"], vocab_size=row["vocab"])
+    act = estimate_activations(cfg, batch, row["seq_len"], row["precision"], ckpt, row["vocab"],
+                               sparse_materialize=row["materialize"])
+    return row["static_bytes"]["total"] + act["total"]
+
+
+# ----------------------------------------------------------------------------- fits / max batch
+@pytest.mark.parametrize("gpu_args", [["--gpu-mem", "80"], ["--gpu", "a100-40gb", "--reserve", "2"],
+                                      ["--gpu", "H100"]])
+def test_fits_and_largest_batch_consistent_with_prediction(capsys, gpu_args):
+    rows = _json(capsys, ["model=13b", "sparsity=smet", "sparsity.density=0.25,0.5", "--batch", "16"] + gpu_args)
+    for r in rows:
+        g = r["gpu"]
+        mem = {"--gpu-mem": 80.0}.get(gpu_args[0], cli.GPU_TABLE.get(cli.GPU_ALIASES.get(gpu_args[1].lower(),
+                                                                                          gpu_args[1])))
+        reserve = float(gpu_args[3]) if len(gpu_args) > 2 else cli.DEFAULT_RESERVE_GIB
+        assert g["mem_gib"] == mem and g["reserve_gib"] == reserve
+        budget = int((mem - reserve) * GIB)
+        assert g["usable_bytes"] == budget
+        assert r["fits"] == (r["peak_estimate_bytes"] <= budget)
+        assert r["headroom_bytes"] == budget - r["peak_estimate_bytes"]
+        for key, ckpt in (("no_checkpointing", False), ("checkpointing", True)):
+            b = r["max_batch"][key]
+            if b:
+                assert _total(r, b, ckpt) <= budget
+            else:
+                assert _total(r, 1, ckpt) > budget
+            assert _total(r, b + 1, ckpt) > budget
+        # the fits column agrees with the max batch at the row's own checkpointing setting
+        own = r["max_batch"]["checkpointing" if r["activation_checkpointing"] else "no_checkpointing"]
+        assert r["fits"] == (r["batch"] <= own)
+        assert r["max_batch"]["checkpointing"] >= r["max_batch"]["no_checkpointing"]
+
+
+def test_done_command_says_fits_and_largest_batch(capsys):
+    assert cli.main(["model=13b", "sparsity=smet", "sparsity.density=0.25", "--gpu-mem", "80"]) == 0
+    out = capsys.readouterr().out
+    assert "GPU memory 80 GiB - reserve 1.5 GiB = 78.50 GiB" in out
+    lines = {ln.split("  ")[0]: ln.split() for ln in out.splitlines() if ln.startswith(("dense AdamW", "smet d="))}
+    assert lines["dense AdamW"][-3:] == ["no", "0", "0"]  # 97 GiB static > 78.5 GiB
+    assert lines["smet d=0.25"][-3] == "yes" and int(lines["smet d=0.25"][-2]) > 8
+
+
+def test_max_batch_zero_when_static_does_not_fit(capsys):
+    rows = _json(capsys, ["--model", "13b", "--density", "0.5", "--gpu", "rtx4090"])
+    assert all(not r["fits"] and r["max_batch"] == {"no_checkpointing": 0, "checkpointing": 0} for r in rows)
+
+
+def test_no_gpu_no_fit_fields(capsys):
+    rows = _json(capsys, ["--model", "tiny", "--density", "0.5"])
+    assert all("fits" not in r and "max_batch" not in r for r in rows)
+
+
+# ----------------------------------------------------------------------------- overrides
+def _n_params(**kw):
+    base = dict(vocab_size=32000, hidden_size=5120, intermediate_size=13824, num_layers=40, num_heads=40)
+    base.update(kw)
+    return LlamaConfig(**base).num_params()
+
+
+@pytest.mark.parametrize("argv", [
+    ["model=13b", "model.hidden_size=4096", "model.num_heads=32", "model.num_layers=24", "sparsity.density=0.25"],
+    ["--model", "13b", "--hidden-size", "4096", "--heads", "32", "--layers", "24", "--density", "0.25"],
+    # key=value wins over the flag
+    ["--model", "13b", "--layers", "2", "model.num_layers=24", "--hidden-size", "4096", "--heads", "32",
+     "--density", "0.25"],
+])
+def test_model_overrides_change_parameter_count(capsys, argv):
+    rows = _json(capsys, argv)
+    n = _n_params(hidden_size=4096, num_heads=32, num_layers=24)
+    assert rows[0]["method"] == "dense" and rows[0]["params"] == n
+    assert rows[0]["static_bytes"]["weights"] == 2 * n  # bf16-true: 2 B per parameter
+    assert rows[0]["model_dims"]["num_layers"] == 24 and rows[0]["model_overrides"]["hidden_size"] == 4096
+
+
+def test_intermediate_and_vocab_overrides(capsys):
+    rows = _json(capsys, ["model=7b", "model.intermediate_size=8192", "--vocab-size", "50000", "sparsity=dense",
+                          "--precision", "32"])
+    n = LlamaConfig(vocab_size=50000, hidden_size=4096, intermediate_size=8192, num_layers=32,
+                    num_heads=32).num_params()
+    assert len(rows) == 1 and rows[0]["static_bytes"]["weights"] == 4 * n and rows[0]["vocab"] == 50000
+    # without overrides the preset is unchanged (old flags keep working)
+    plain = _json(capsys, ["--model", "7b", "--density", "0.5", "--vocab", "32000"])
+    assert plain[0]["params"] == LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
+                                             num_layers=32, num_heads=32).num_params()
+    assert plain[0]["model_overrides"] == {}
+
+
+# ----------------------------------------------------------------------------- width
+@pytest.mark.parametrize("tty", [False, True])
+@pytest.mark.parametrize("width", [100, 120])
+def test_table_fits_width(capsys, tty, width):
+    rows = _json(capsys, ["--model", "1b_aligned", "13b", "--density", "0.5", "0.25", "0.1", "--materialize",
+                          "transient", "persistent", "--gpu", "h100-80gb", "--batch", "128"])
+    buf = io.StringIO()
+    cli.render(rows, buf, tty=tty, width=width)
+    text = buf.getvalue()
+    assert "max b ckpt" in text and "smet d=0.1 persistent" in text
+    assert max(len(ln) for ln in text.splitlines()) <= width
+    wide = io.StringIO()
+    cli.render(rows, wide, tty=False, wide=True, width=width)
+    assert "compute copy" in wide.getvalue() and "smet d=0.1 b=1 persistent uniform" in wide.getvalue()
+
+
+def test_piped_output_is_plain_and_within_120_columns():
+    cmd = [sys.executable, "-m", "smet.cli.memory", "model=13b", "sparsity=smet", "sparsity.density=0.25",
+           "--gpu-mem", "80"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert r.returncode == 0, r.stderr
+    assert max(len(ln) for ln in r.stdout.splitlines()) <= 120
+    assert not any(c in r.stdout for c in "┏│━─\x1b")  # no rich box, no ANSI codes
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("argv,option", [
+    (["--model", "13b", "--density", "0.5", "--gpu-mem", "-1"], "--gpu-mem"),
+    (["--model", "13b", "--density", "0.5", "--gpu-mem", "0"], "--gpu-mem"),
+    (["--model", "13b", "--density", "0.5", "--gpu-mem", "abc"], "--gpu-mem"),
+    (["--model", "13b", "--density", "0.5", "--gpu", "tpu-v5"], "--gpu"),
+    (["--model", "13b", "--density", "0.5", "--gpu", "h200", "--gpu-mem", "80"], "--gpu-mem"),
+    (["--model", "13b", "--density", "0.5", "--gpu-mem", "8", "--reserve", "8"], "--reserve"),
+    (["--model", "13b", "--density", "0.5", "--gpu-mem", "8", "--reserve", "-1"], "--reserve"),
+    (["--model", "13b", "--density", "0.5", "--reserve", "1"], "--reserve"),
+    (["--model", "nope", "--density", "0.5"], "--model"),
+    (["--model", "../train", "--density", "0.5"], "--model"),
+    (["--model", "/etc/passwd", "--density", "0.5"], "--model"),
+    (["--model", "13b.yaml", "--density", "0.5"], "--model"),
+    (["model=../train", "sparsity.density=0.5"], "model"),
+    (["model=nope", "sparsity.density=0.5"], "model"),
+    (["--density", "0.5"], "--model"),
+    (["--model", "13b"], "--density"),
+    (["model=13b", "sparsity.density=2"], "sparsity.density"),
+    (["model=13b", "sparsity=smet_no_reset", "sparsity.density=0.5"], "sparsity"),
+    (["model=13b", "model.foo=1", "sparsity=dense"], "model.foo"),
+    (["model=13b", "model.hidden_size=big", "sparsity=dense"], "model.hidden_size"),
+    (["model=13b", "model.num_heads=7", "sparsity=dense"], "model.num_heads"),
+    (["--model", "13b", "--hidden-size", "4100", "--density", "0.5"], "--hidden-size"),
+    (["--model", "13b", "--layers", "0", "--density", "0.5"], "--layers"),
+    (["what", "--model", "13b", "--density", "0.5"], "what"),
+    (["model=13b", "foo.bar=1"], "foo.bar"),
+])
+def test_bad_input_one_line_exit_2(capsys, argv, option):
+    with pytest.raises(SystemExit) as exc:
+        sys.exit(cli.main(argv))
+    assert exc.value.code == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert out == "" and len(lines) == 1, err
+    assert lines[0].startswith(f"smet-memory: error: {option}: "), lines[0]
+
+
+def test_bad_input_subprocess_exit_2():
+    r = subprocess.run([sys.executable, "-m", "smet.cli.memory", "--model", "13b", "--density", "0.5", "--gpu",
+                        "nope"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and r.stderr.startswith("smet-memory: error: --gpu: ")
+
+
+def test_help_within_120_columns(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--gpu-mem" in out and "h100-80gb 79.1" in out and "model.<key>=V" in out
+    assert max(len(ln) for ln in out.splitlines()) <= 120
