@@ -99,3 +99,29 @@ def test_stale_temp_files_of_killed_writers_are_removed(tmp_path):
         check_output_dir(tmp_path)
     assert not stale.exists() and live.exists() and other.exists()
     assert clean_stale_temp_files(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_disk_full_while_writing_a_checkpoint(run_train, tmp_path):
+    import subprocess
+
+    from smet.config import resolve_ckpt_path
+
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12M", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {r.stderr.decode().strip()}")
+    try:  # one tiny-model checkpoint (~11 MB) fits, the second does not
+        res = run_train("data.seq_len=32", "data.batch_size=4", "data.tokenizer.vocab_size=300",
+                        "data.max_val_sequences=4", "trainer.progress_bar=none", "trainer.max_steps=6",
+                        "trainer.val_every_n_steps=2", out=mnt / "run", check=False)
+        errors = [ln for ln in res.stderr.splitlines() if ln.startswith("smet: error:")]
+        assert res.returncode == 1 and len(errors) == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+        assert "no space left on the device" in errors[0] and "is intact" in errors[0]
+        kept = mnt / "run" / "checkpoints" / "step0000002.ckpt"
+        assert checkpoint_problem(kept) is None and content_problem(kept) is None
+        assert resolve_ckpt_path(str(mnt / "run")) == str(kept)  # resume finds it
+        assert not list((mnt / "run" / "checkpoints").glob(".*tmp-*"))  # no torn temp file left
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)

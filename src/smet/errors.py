@@ -10,3 +10,14 @@ class SmetConfigError(ValueError):
     def __init__(self, key: str, message: str):
         self.key = key
         super().__init__(f"{key}: {message}")
+
+
+class SmetRunError(RuntimeError):
+    """A failure that can only appear while a run executes (disk full while writing a checkpoint, ...).
+
+    ``train.py`` prints ``smet: error: <key or path>: <what happened and what is still intact>`` as one
+    line and exits with code 1 (no traceback)."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(f"{key}: {message}")

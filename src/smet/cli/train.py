@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from smet.config import (PRECISIONS, check_output_dir, check_resume_compatible, get, global_batch_layout,
                          resolve_ckpt_path, validate, world_size)
-from smet.errors import SmetConfigError
+from smet.errors import SmetConfigError, SmetRunError
 
 log = logging.getLogger("smet")
 
@@ -528,6 +528,11 @@ def main_with_errors(cfg: DictConfig) -> dict[str, Any] | None:
             print(f"smet: error: {err}", file=sys.stderr, flush=True)
             if not multirun:
                 sys.exit(2)
+            _record_failed_job(cfg, f"smet: error: {err}")
+        except SmetRunError as err:  # e.g. disk full while writing a checkpoint: one line, exit 1
+            print(f"smet: error: {err}", file=sys.stderr, flush=True)
+            if not multirun:
+                sys.exit(1)
             _record_failed_job(cfg, f"smet: error: {err}")
         except SystemExit as err:  # exit 3 (non-finite): a multirun records it and goes on; signals end the sweep
             if not multirun or err.code in (0, None) or (isinstance(err.code, int) and err.code >= 128):
