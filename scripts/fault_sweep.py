@@ -120,6 +120,9 @@ def build_cases(w: Path) -> list[Case]:
         (["data=local_files", f"data.path={w / 'missing_dir'}"], "data.path"),
         (["data=local_files", f"data.path={w / 'bad_utf8'}", *FAST], "data.path"),
         (["data=c4"], "data"), (["seed=-1"], "seed"),
+        (["data.tokenizer.kind=pretrained", f"data.tokenizer.name={w / 'junk.ckpt'}"], "data.tokenizer.name"),
+        (["data.tokenizer.kind=pretrained", f"data.tokenizer.name={w / 'nope.json'}"], "data.tokenizer.name"),
+        (["data.tokenizer.kind=magic"], "data.tokenizer.kind"), (["data.val_fraction=2"], "data.val_fraction"),
         ([f"data.cache_dir={a_file}"], "data.cache_dir"), (["data.cache_dir=/proc/smet-no/cache"], "data.cache_dir"),
         (["hydra.run.dir=/proc/smet-no/run"], "hydra.run.dir"),
         ([f"hydra.run.dir={run}"], "hydra.run.dir"),                             # a fresh start into a finished run
@@ -177,6 +180,7 @@ def build_cases(w: Path) -> list[Case]:
     s = tool("smet-submit")
     sw = ["--sweep-dir", str(w / "sub_sweep")]
     for args, key in [(["+experiment=nope", *sw], "experiment"), (["sparsity.densty=0.5", *sw], "densty"),
+                      (["+sparsity.densty=0.1", *sw], "sparsity.densty"),
                       (["+experiment=ablation_warmup", "--sbatch=--accont=x", *sw], "--sbatch"),
                       (["+experiment=ablation_warmup", "--time", "99:99", *sw], "--time"),
                       (["+experiment=ablation_warmup", "--throttle", "0", *sw], "--throttle"),

@@ -150,7 +150,11 @@ def load_pretrained(name: str, key: str = "data.tokenizer.name") -> TokenizerHan
     if local.is_dir() and (local / "tokenizer.json").is_file():
         local = local / "tokenizer.json"
     if local.is_file():
-        tok: Any = Tokenizer.from_file(str(local))
+        try:
+            tok: Any = Tokenizer.from_file(str(local))
+        except Exception as exc:  # noqa: BLE001 - truncated / not a tokenizer.json / unreadable
+            why = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+            raise SmetConfigError(key, f"{local} is not a readable tokenizer.json ({why})") from None
         source = str(local)
     else:
         from smet.data.hub import check_hub_reachable

@@ -128,6 +128,12 @@ def expand(overrides: list[str], conf: Path | None = None, check_values: bool = 
     except HydraException as e:
         raise GridError(f"bad override: {one_line(e)}") from None
     _precheck(parsed, conf)
+    from smet.preflight import PreflightError, check_appended_keys
+
+    try:  # `+sparsity.densty=0.1` adds a key nothing reads: refused as train.py refuses it
+        check_appended_keys(overrides, conf)
+    except PreflightError as e:
+        raise GridError(str(e)) from None
 
     setup_globals()  # Hydra's resolvers (${now:...} in hydra.sweep.dir)
     if GlobalHydra.instance().is_initialized():  # pragma: no cover - a caller left Hydra initialised
