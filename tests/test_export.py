@@ -202,11 +202,14 @@ def test_export_variants_force_dtype_tokenizer_lookup(run_train, tmp_path, monke
     lone.mkdir()
     (lone / "model.ckpt").write_bytes(ckpt.read_bytes())
     r = export_checkpoint(lone, tmp_path / "from_cfg", fmt="compact")
-    assert "BPE cache" in r.tokenizer and (tmp_path / "from_cfg" / "tokenizer.json").is_file()
+    # (the copy embedded in every checkpoint comes first; older checkpoints fall back to the BPE cache)
+    assert ("embedded in model.ckpt" in r.tokenizer or "BPE cache" in r.tokenizer)
+    assert (tmp_path / "from_cfg" / "tokenizer.json").is_file()
 
     # ... and when it cannot be found at all: a warning, the weights are exported anyway
     ck = torch.load(str(ckpt), map_location="cpu", weights_only=False)
     ck["hyper_parameters"]["cfg"]["data"]["cache_dir"] = str(tmp_path / "no_cache")
+    ck.pop("smet_tokenizer", None)  # as a checkpoint from before checkpoints carried their tokenizer
     nowhere = tmp_path / "nowhere"
     nowhere.mkdir()
     torch.save(ck, str(nowhere / "x.ckpt"))
@@ -346,6 +349,13 @@ def test_export_copied_run_without_cache(run_train, tmp_path, monkeypatch, capsy
     assert (tmp_path / "exp" / "tokenizer.json").read_bytes() == (copy / "tokenizer.json").read_bytes()
     assert json.loads((tmp_path / "exp" / "config.json").read_text())["eos_token_id"] is not None
 
+    # the lookups below, as for a checkpoint written before checkpoints carried their tokenizer
+    from smet.export.run_tokenizer import CKPT_KEY
+
+    for p in (copy / "checkpoints").glob("*.ckpt"):
+        old = torch.load(str(p), map_location="cpu", weights_only=True)
+        assert old.pop(CKPT_KEY)["sha256"] == sha  # every checkpoint carries it
+        torch.save(old, str(p))
     # without <run>/tokenizer.json: a copy beside the checkpoint (a checkpoints/ folder copied alone)
     (copy / "checkpoints" / "tokenizer.json").write_bytes((copy / "tokenizer.json").read_bytes())
     (copy / "tokenizer.json").unlink()
