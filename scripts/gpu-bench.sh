@@ -10,9 +10,10 @@
 #   b    130m  compile on: dense + smet d 0.25 transient persistent (fewest steps; compile time is
 #        spent in the warm-up steps)
 # Most important first; a part that would start with less than its minimum time left is skipped and
-# every part gets smet-bench --time-budget (it then starts no new combination) plus a hard timeout.
+# every part gets smet-bench --time-budget (it then starts no new run) plus a hard timeout.
+# Each part is a Hydra grid over conf/bench.yaml (smet-bench KEY=VALUE ... [options]).
 # Usage: scripts/gpu-bench.sh OUT_DIR [python]      (BUDGET=540 seconds by default)
-# Needs torch + pyyaml only (no hydra / omegaconf / lightning): runs from the source tree.
+# Needs torch, hydra-core, omegaconf and pyyaml (no lightning / wandb): runs from the source tree.
 set -uo pipefail
 out=${1:?usage: scripts/gpu-bench.sh OUT_DIR [python]}
 py=${2:-python3}
@@ -24,7 +25,8 @@ mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$out/gpu.txt" 2>&1 || true
 "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" >> "$out/gpu.txt" 2>&1
 start=$SECONDS
-common=(--device cuda --interleave round --update-interval 10 --warmup-steps 3)
+common=(--device cuda --interleave round --warmup-steps 3)
+shape=(data.seq_len=256 data.tokenizer.vocab_size=4096 sparsity.update_interval=10)
 part() {  # name, minimum seconds it needs, smet-bench args...
   local name=$1 need=$2; shift 2
   local left=$((budget - (SECONDS - start)))
@@ -34,23 +36,25 @@ part() {  # name, minimum seconds it needs, smet-bench args...
   fi
   echo "=== $name ($((SECONDS - start))s elapsed, ${left}s left): smet-bench $*"
   local t0=$SECONDS
-  timeout --signal=INT --kill-after=20 "$((left - 5))" "$py" -m smet.cli.bench "${common[@]}" "$@" \
+  timeout --signal=INT --kill-after=20 "$((left - 5))" "$py" -m smet.bench.cli "${common[@]}" "$@" \
       --time-budget "$((left - need / 2))" --out "$out/$name.json" --md "$out/$name.md" > "$out/$name.log" 2>&1
   local rc=$?
   echo "=== $name: rc=$rc wall=$((SECONDS - t0))s"
   (( rc == 0 )) || tail -20 "$out/$name.log"
 }
-part a 60 --model 130m --batch 128 --seq-len 256 --vocab 4096 --precision bf16-true \
-     --method dense smet --density 0.5 0.25 --materialize transient persistent --steps 20 --rounds 2 \
+part a 60 model=130m data.batch_size=128 "${shape[@]}" trainer.precision=bf16-true \
+     sparsity=dense,smet sparsity.density=0.5,0.25 sparsity.materialize=transient,persistent --steps 20 --rounds 2 \
      ${PROFILE_A:+--profile "$out/prof"}
-part c 90 --model 350m --batch 128 --seq-len 256 --vocab 4096 --precision bf16-true --activation-checkpointing off \
-     --method dense smet --density 0.5 0.25 --materialize transient persistent --steps 20 --rounds 2
-part d 120 --model 13b --batch 8 --seq-len 256 --vocab 32000 --precision bf16-mixed --activation-checkpointing on \
-     --method dense smet --density 0.25 --materialize transient --steps 20 --rounds 1 --dense-last
-part c-ac 45 --model 350m --batch 128 --seq-len 256 --vocab 4096 --precision bf16-true \
-     --activation-checkpointing off on --method dense smet --density 0.25 --materialize transient --steps 8 --rounds 1
-part b 150 --model 130m --batch 128 --seq-len 256 --vocab 4096 --precision bf16-true --compile on \
-     --method dense smet --density 0.25 --materialize transient persistent --steps 10 --rounds 1
+part c 90 model=350m data.batch_size=128 "${shape[@]}" trainer.precision=bf16-true model.gradient_checkpointing=false \
+     sparsity=dense,smet sparsity.density=0.5,0.25 sparsity.materialize=transient,persistent --steps 20 --rounds 2
+part d 120 model=13b data.batch_size=8 data.seq_len=256 data.tokenizer.vocab_size=32000 sparsity.update_interval=10 \
+     trainer.precision=bf16-mixed model.gradient_checkpointing=true \
+     sparsity=dense,smet sparsity.density=0.25 sparsity.materialize=transient --steps 20 --rounds 1 --dense-last
+part c-ac 45 model=350m data.batch_size=128 "${shape[@]}" trainer.precision=bf16-true \
+     model.gradient_checkpointing=false,true sparsity=dense,smet sparsity.density=0.25 sparsity.materialize=transient \
+     --steps 8 --rounds 1
+part b 150 model=130m data.batch_size=128 "${shape[@]}" trainer.precision=bf16-true trainer.compile=true \
+     sparsity=dense,smet sparsity.density=0.25 sparsity.materialize=transient,persistent --steps 10 --rounds 1
 echo
 echo "######## all tables ($((SECONDS - start))s total) — $(head -1 "$out/gpu.txt")"
 for name in a c d c-ac b; do

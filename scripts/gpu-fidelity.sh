@@ -48,7 +48,7 @@ read -r -a extra <<< "${FIDELITY_OVERRIDES:-}"
 overrides=("${trainer[@]}" trainer.progress_bar=none trainer.model_summary=false "${extra[@]}")
 [[ -n "$steps" ]] && overrides+=("trainer.max_steps=$steps")
 exps=${FIDELITY_EXPERIMENTS:-fidelity,fidelity_warmup,fidelity_lr_scaling}
-fid=("$py" -m smet.cli.fidelity)
+fid=("$py" -m smet.fidelity.cli)
 elapsed() { echo $(( $(date +%s) - t_start )); }
 
 echo "=== gpu-fidelity: out=$out python=$py parallel=$parallel steps=${steps:-experiment} budget=${budget}s"

@@ -1,4 +1,5 @@
-"""``smet-bench``: one process runs dense and smet with the same loop and writes sane JSON records."""
+"""``smet-bench``: one process runs every point of a conf/bench.yaml grid (dense and sparse) with the
+same loop and writes sane JSON records."""
 
 from __future__ import annotations
 
@@ -18,15 +19,16 @@ PARTS = ("weights", "grads", "optimizer", "metadata", "total")
 
 def _cli(name: str) -> list[str]:
     exe = shutil.which(name, path=os.path.dirname(sys.executable))
-    return [exe] if exe else [sys.executable, "-m", f"smet.cli.{name.split('-', 1)[1]}"]
+    return [exe] if exe else [sys.executable, "-m", "smet.bench.cli"]
 
 
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "tmp.json"
-    cmd = _cli("smet-bench") + ["--device", "cpu", "--model", "tiny", "--steps", "4", "--warmup-steps", "1",
-                                "--method", "dense", "smet", "--density", "0.5", "--batch", "2", "--seq-len", "32",
-                                "--vocab", "512", "--update-interval", "2", "--threads", "1", "--out", str(out)]
+    cmd = _cli("smet-bench") + ["model=tiny", "sparsity=dense,smet", "sparsity.density=0.5", "data.batch_size=2",
+                                "data.seq_len=32", "data.tokenizer.vocab_size=512", "sparsity.update_interval=2",
+                                "--device", "cpu", "--steps", "4", "--warmup-steps", "1", "--threads", "1",
+                                "--out", str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     return json.loads(out.read_text()), r.stdout
@@ -56,6 +58,12 @@ def test_bench_records(bench_run):
     assert smet["n_update_steps"] >= 1 and smet["update_step_time_s"] > 0
     assert dense["update_step_time_s"] is None
     assert smet["config"]["sparsity"]["method"] == "smet" and smet["config"]["optimizer"]["reset_local_step"] is True
+    # the composed sections and the point's overrides travel with the record
+    assert smet["config"]["overrides"] == ["sparsity=smet", "model=tiny", "sparsity.density=0.5", "data.batch_size=2",
+                                           "data.seq_len=32", "data.tokenizer.vocab_size=512",
+                                           "sparsity.update_interval=2"]
+    assert smet["config"]["optimizer"]["regrowth_warmup_steps"] == 100 and smet["config"]["model"]["name"] == "tiny"
+    assert dense["config"]["sparsity"] == {"method": "dense", "density": 1.0} and smet["dense_reference"] == "dense"
     assert "| dense |" in stdout and "smet/dense tokens/s at d=0.5" in stdout and "SYNTHETIC" in stdout
 
 
@@ -72,7 +80,7 @@ def test_from_json_reamortizes_measured_times(bench_run, tmp_path):
     smet = records[1]
     tokens = 2 * 32
     want = tokens / (smet["step_time_s"] + max(smet["update_step_time_s"] - smet["step_time_s"], 0) / 100)
-    from smet.cli.bench import reamortize
+    from smet.bench.records import reamortize
 
     again = reamortize(records, 100)
     assert again[1]["tokens_per_s_amortised"] == pytest.approx(want, rel=1e-9)
@@ -84,20 +92,26 @@ def test_from_json_reamortizes_measured_times(bench_run, tmp_path):
     assert bad.returncode == 2 and "missing.json" in bad.stderr
 
 
-def test_bench_bad_density_exit_2(tmp_path):
-    r = subprocess.run(_cli("smet-bench") + ["--density", "0", "--out", str(tmp_path / "x.json")],
+@pytest.mark.parametrize("argv, names", [(["--density", "0"], "--density (sparsity.density): must be in (0, 1]"),
+                                         (["sparsity.density=0"], "sparsity.density: must be in (0, 1]"),
+                                         (["sparsity=dense,nope"], "sparsity: no preset 'nope'"),
+                                         (["sparsity.densty=0.5"], "sparsity.densty: unknown key"),
+                                         (["--steps", "0"], "--steps: must be a positive integer")])
+def test_bench_bad_input_exit_2(tmp_path, argv, names):
+    r = subprocess.run(_cli("smet-bench") + argv + ["--out", str(tmp_path / "x.json")],
                        capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and "--density" in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"smet-bench: error: {names}"), r.stderr
     assert not (tmp_path / "x.json").exists()
 
 
+@pytest.mark.slow
 def test_bench_profile_phases(tmp_path):
-    from smet.cli.bench import main
+    from smet.bench.cli import main
 
     out, prof = tmp_path / "b.json", tmp_path / "prof"
-    rc = main(["--device", "cpu", "--model", "tiny", "--steps", "2", "--warmup-steps", "1", "--batch", "2",
-               "--seq-len", "32", "--method", "dense", "smet", "--density", "0.5", "--profile", str(prof),
-               "--out", str(out)])
+    rc = main(["model=tiny", "sparsity=dense,smet", "sparsity.density=0.5", "data.batch_size=2", "data.seq_len=32",
+               "--device", "cpu", "--steps", "2", "--warmup-steps", "1", "--profile", str(prof), "--out", str(out)])
     assert rc == 0
     records = json.loads(out.read_text())
     for rec in records:
@@ -109,49 +123,62 @@ def test_bench_profile_phases(tmp_path):
 
 
 # ----------------------------------------------------------------------------- axes, OOM, MFU, memory model, meta build
-def _args(*extra):
-    from smet.cli.bench import build_parser
+def _prepare(*extra):
+    from smet.bench.cli import prepare
 
-    return build_parser().parse_args(["--device", "cpu", "--model", "tiny", "--batch", "2", "--seq-len", "16",
-                                      "--vocab", "256", "--threads", "1", *extra])
-
-
-def _model_cfg(args):
-    from smet.cli.memory import load_model_preset
-
-    cfg = load_model_preset(args.model)
-    cfg["vocab_size"], cfg["max_seq_len"] = args.vocab, args.seq_len
-    return cfg
+    return prepare(["model=tiny", "data.batch_size=2", "data.seq_len=16", "data.tokenizer.vocab_size=256",
+                    "--device", "cpu", "--threads", "1", *extra])
 
 
-def test_combination_axes():
-    from smet.cli.bench import _label, combinations
-
-    args = _args("--method", "dense", "smet", "--density", "0.5", "0.25", "--materialize", "transient", "persistent",
-                 "--precision", "bf16-true", "bf16-mixed", "--activation-checkpointing", "off", "on",
-                 "--compile", "off", "on")
-    combos = combinations(args, _model_cfg(args))
-    assert len(combos) == 2 * 2 * 2 * (1 + 2 * 2)
-    labels = [_label(c) for c in combos]
+@pytest.mark.slow  # composes 2 x 64 grid points: ~24 s on 2 cores
+def test_grid_axes():
+    grid = ("sparsity=dense,smet", "sparsity.density=0.5,0.25", "sparsity.materialize=transient,persistent",
+            "trainer.precision=bf16-true,bf16-mixed", "model.gradient_checkpointing=false,true",
+            "trainer.compile=false,true")
+    _, runs = _prepare(*grid)
+    assert len(runs) == 2 * 2 * 2 * (1 + 2 * 2)  # ONE dense run per (precision, ac, compile), whatever its density
+    labels = [r.label for r in runs]
     assert len(set(labels)) == len(labels)
-    # every group (precision, ac, compile) starts with its dense reference
+    # every group (precision, ac, compile) starts with its dense reference, which its sparse runs point at
     groups = {}
-    for c in combos:
-        groups.setdefault((c["precision"], c["ac"], c["compile"]), []).append(c["method"])
-    assert len(groups) == 8 and all(m[0] == "dense" and m.count("dense") == 1 for m in groups.values())
-    # defaults: one precision, the preset's checkpointing (tiny: off), compile off; labels stay short
-    args = _args("--method", "dense", "smet")
-    combos = combinations(args, {"gradient_checkpointing": True})
-    assert [(c["precision"], c["ac"], c["compile"]) for c in combos] == [("32", True, False)] * 2
-    assert [_label(c) for c in combos] == ["dense", "smet d=0.5 transient"]
-    args = _args("--method", "dense", "smet", "--density", "0.5", "0.25", "--dense-last")
-    assert [c["method"] for c in combinations(args, {})] == ["smet", "smet", "dense"]
+    for i, r in enumerate(runs):
+        groups.setdefault((r.precision, r.ac, r.compile), []).append((i, r))
+    assert len(groups) == 8
+    for g in groups.values():
+        assert g[0][1].method == "dense" and [r.method for _, r in g].count("dense") == 1
+        assert all(r.ref == g[0][0] for _, r in g[1:])
+    # the old options are thin aliases of the same overrides: the same runs
+    args, old = _prepare("--method", "dense", "smet", "--density", "0.5", "0.25", "--materialize", "transient",
+                         "persistent", "--precision", "bf16-true", "bf16-mixed", "--activation-checkpointing", "off",
+                         "on", "--compile", "off", "on")
+    assert args.overrides[-6:] == ["sparsity=dense,smet", "sparsity.density=0.5,0.25",
+                                   "sparsity.materialize=transient,persistent",
+                                   "trainer.precision=bf16-true,bf16-mixed", "model.gradient_checkpointing=false,true",
+                                   "trainer.compile=false,true"]
+    assert [r.identity() for r in old] == [r.identity() for r in runs] and [r.label for r in old] == labels
+    # defaults: the default grid dense,smet, one precision, the preset's checkpointing (13b: on), compile off;
+    # labels stay short
+    _, runs = _prepare("model=13b")
+    assert [(r.precision, r.ac, r.compile) for r in runs] == [("32", True, False)] * 2
+    assert [r.label for r in runs] == ["dense", "smet d=0.5 transient"]
+    _, runs = _prepare("sparsity=dense,smet", "sparsity.density=0.5,0.25", "--dense-last")
+    assert [r.method for r in runs] == ["smet", "smet", "dense"] and [r.ref for r in runs] == [2, 2, None]
+
+
+def test_grid_labels_name_the_ablation_and_every_swept_key():
+    _, runs = _prepare("sparsity=dense,smet,smet_no_reset", "optimizer.lr=1e-3,2e-3")
+    assert [r.label for r in runs] == ["dense lr=0.001", "dense lr=0.002", "smet d=0.5 transient lr=0.001",
+                                       "smet d=0.5 transient lr=0.002", "smet_no_reset d=0.5 transient lr=0.001",
+                                       "smet_no_reset d=0.5 transient lr=0.002"]
+    assert [r.ref for r in runs] == [None, None, 0, 1, 0, 1]  # the dense run of the same learning rate
+    assert runs[4].variant == "no_reset" and runs[4].optimizer["reset_local_step"] is False
+    assert all(r.swept == {"optimizer.lr": r.label.rsplit("=", 1)[1]} for r in runs)
 
 
 def test_oom_recording_cuda_message_and_real_cpu_allocation_failure():
     import torch
 
-    from smet.cli.bench import guarded, is_oom
+    from smet.bench.oom import guarded, is_oom
 
     def step():  # the error type and message PyTorch's CUDA caching allocator raises
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.50 GiB. GPU 0 has a total capacity of "
@@ -177,18 +204,20 @@ def test_oom_recording_cuda_message_and_real_cpu_allocation_failure():
 def test_bench_records_oom_and_continues(interleave):
     import torch
 
-    from smet.cli.bench import Run, markdown, ratios, run_bench
+    from smet.bench.harness import Run
+    from smet.bench.render import markdown, ratios
+    from smet.bench.schedule import run_bench
 
     class DenseOOMs(Run):  # the dense run fails at its 3rd optimizer step, as a 13B dense AdamW does on one GPU
         def train_step(self, x, y, measure=False):
-            if self.combo["method"] == "dense" and self.step >= 2:
+            if self.spec.method == "dense" and self.step >= 2:
                 self.step += 1
                 raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate 96.00 GiB. (step {self.step})")
             return super().train_step(x, y, measure)
 
-    args = _args("--method", "dense", "smet", "--density", "0.5", "--steps", "4", "--warmup-steps", "1",
-                 "--update-interval", "2", "--interleave", interleave, "--rounds", "1")
-    records = run_bench(args, _model_cfg(args), run_cls=DenseOOMs)
+    args, runs = _prepare("sparsity=dense,smet", "sparsity.density=0.5", "sparsity.update_interval=2", "--steps", "4",
+                          "--warmup-steps", "1", "--interleave", interleave, "--rounds", "1")
+    records = run_bench(runs, args, run_cls=DenseOOMs)
     dense, smet = records
     assert dense["oom"] and dense["oom_phase"] == "step 3" and dense["oom_bytes_requested"] == 96 * 2**30
     assert dense["tokens_per_s"] is None and dense["static_bytes"] is None
@@ -201,16 +230,16 @@ def test_bench_records_oom_and_continues(interleave):
 
 
 def test_mfu_columns_follow_the_training_definition(tmp_path):
-    from smet.cli.bench import main
+    from smet.bench.cli import main
     from smet.lightning import callbacks
     from smet.models.llama import LlamaConfig, flops_per_token
     from smet.perf import mfu
 
     assert callbacks.mfu is mfu  # Lightning's ThroughputMonitor uses the very same function
     out = tmp_path / "b.json"
-    assert main(["--device", "cpu", "--model", "tiny", "--steps", "3", "--warmup-steps", "1", "--batch", "2",
-                 "--seq-len", "16", "--vocab", "256", "--threads", "1", "--method", "dense", "smet", "--density",
-                 "0.25", "--peak-tflops", "0.5", "--update-interval", "2", "--out", str(out)]) == 0
+    assert main(["model=tiny", "sparsity=dense,smet", "sparsity.density=0.25", "data.batch_size=2", "data.seq_len=16",
+                 "data.tokenizer.vocab_size=256", "sparsity.update_interval=2", "--device", "cpu", "--steps", "3",
+                 "--warmup-steps", "1", "--threads", "1", "--peak-tflops", "0.5", "--out", str(out)]) == 0
     dense, smet = json.loads(out.read_text())
     cfg = LlamaConfig.from_dict(dense["config"]["model"])
     assert 6 * dense["flop_params_dense"] == flops_per_token(cfg)  # N excludes the input embedding
@@ -226,12 +255,13 @@ def test_mfu_columns_follow_the_training_definition(tmp_path):
 
 @pytest.mark.parametrize("model", ["tiny", "20m"])
 def test_static_matches_memory_model(model):
-    from smet.cli.bench import markdown, run_bench
+    from smet.bench.render import markdown
+    from smet.bench.schedule import run_bench
 
-    args = _args("--model", model, "--method", "dense", "smet", "--density", "0.25", "--materialize", "transient",
-                 "persistent", "--steps", "1", "--warmup-steps", "0", "--batch", "1", "--precision", "32",
-                 "bf16-true")
-    records = run_bench(args, _model_cfg(args))
+    args, runs = _prepare(f"model={model}", "sparsity=dense,smet", "sparsity.density=0.25",
+                          "sparsity.materialize=transient,persistent", "data.batch_size=1", "trainer.precision=32,bf16-true",
+                          "--steps", "1", "--warmup-steps", "0")
+    records = run_bench(runs, args)
     assert len(records) == 6
     for r in records:
         assert r["predicted_static_bytes"]["total"] > 0
@@ -245,8 +275,9 @@ def test_meta_build_never_allocates_dense_sparse_weights():
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from smet.build import build_meta, build_training_model
-    from smet.cli.memory import load_model_preset
-    from smet.sparse.memory import measure_static, method_configs, predict_static
+    from smet.compose import compose
+    from smet.models.llama import model_shapes
+    from smet.sparse.memory import measure_static, predict_static
 
     class Sizes(TorchDispatchMode):
         def __init__(self):
@@ -260,19 +291,20 @@ def test_meta_build_never_allocates_dense_sparse_weights():
                     self.float_numels.add(t.numel())
             return out
 
-    cfg = {**load_model_preset("tiny"), "vocab_size": 256, "max_seq_len": 16}
-    scfg, ocfg = method_configs("smet", 0.25)
+    composed = compose(["model=tiny", "sparsity=smet", "sparsity.density=0.25"], config_name="bench")
+    cfg = {**composed.model, "vocab_size": 256, "max_seq_len": 16}
+    scfg, ocfg = dict(composed.sparsity), dict(composed.optimizer)
     with Sizes() as sizes:
         model, ctrl = build_training_model(cfg, scfg, total_steps=10, device="cpu", seed=0)
     dense_numels = {layer.in_features * layer.out_features for layer in ctrl.layers}
     assert not dense_numels & sizes.float_numels  # no float tensor of a sparse layer's dense size was made
-    pred = predict_static(cfg, scfg, ocfg, "32", 256, 16)["all"]
+    pred = predict_static(model_shapes(cfg), scfg, ocfg, "32")["all"]
     meas = measure_static(model, None, ctrl)["all"]
     assert meas["weights"] == pred["weights"] and meas["buffers"] == pred["buffers"]
     assert meas["metadata"] == sum(layer.idx.numel() * 4 for layer in ctrl.layers)  # int32 ids, no local steps yet
     # LLaMA-13B: the whole model is built on meta in a moment, nothing allocated
-    big = {**load_model_preset("13b"), "vocab_size": 32000, "max_seq_len": 256}
-    model, ctrl = build_meta(big, method_configs("smet", 0.25)[0], total_steps=25)
+    big = {**compose(["model=13b"]).model, "vocab_size": 32000, "max_seq_len": 256}
+    model, ctrl = build_meta(big, scfg, total_steps=25)
     assert all(t.is_meta for t in list(model.parameters()) + list(model.buffers()))
     assert 3.1e9 < ctrl.active_weights() < 3.3e9
 
@@ -308,12 +340,12 @@ def test_meta_build_keeps_cpu_mask_bits_and_lightning_deferred_init():
 
 @pytest.mark.slow
 def test_bench_compile_axis(tmp_path):
-    from smet.cli.bench import main
+    from smet.bench.cli import main
 
     out = tmp_path / "c.json"
-    assert main(["--device", "cpu", "--model", "tiny", "--steps", "2", "--warmup-steps", "1", "--batch", "1",
-                 "--seq-len", "16", "--vocab", "256", "--threads", "1", "--method", "dense", "smet", "--density",
-                 "0.5", "--compile", "off", "on", "--update-interval", "2", "--out", str(out)]) == 0
+    assert main(["model=tiny", "sparsity=dense,smet", "sparsity.density=0.5", "data.batch_size=1", "data.seq_len=16",
+                 "data.tokenizer.vocab_size=256", "trainer.compile=false,true", "sparsity.update_interval=2",
+                 "--device", "cpu", "--steps", "2", "--warmup-steps", "1", "--threads", "1", "--out", str(out)]) == 0
     records = json.loads(out.read_text())
     assert [(r["method"], r["compile"]) for r in records] == [("dense", False), ("smet", False), ("dense", True),
                                                                 ("smet", True)]
@@ -325,9 +357,55 @@ def test_bench_out_checked_before_any_compute(tmp_path):
     kept.write_text('{"earlier": "result"}')
     for out, msg in ((kept, "exists; pass --force"), (tmp_path, "is a directory"),
                      (Path("/proc/smet-nope/x.json"), "cannot write into /proc/smet-nope")):
-        r = subprocess.run(_cli("smet-bench") + ["--device", "cpu", "--model", "tiny", "--out", str(out)],
+        r = subprocess.run(_cli("smet-bench") + ["model=tiny", "--device", "cpu", "--out", str(out)],
                            capture_output=True, text=True, timeout=60)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and msg in lines[0], r.stderr
         assert "[smet-bench] model" not in r.stderr  # refused before the benchmark started
     assert kept.read_text() == '{"earlier": "result"}'
+
+
+def _tiny_main(tmp_path, *argv):
+    from smet.bench.cli import main
+
+    out = tmp_path / "r.json"
+    assert main(["model=tiny", "data.batch_size=2", "data.seq_len=16", "data.tokenizer.vocab_size=256", "--device",
+                 "cpu", "--threads", "1", "--steps", "2", "--warmup-steps", "1", *argv, "--out", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def test_bench_runs_an_ablation_preset(tmp_path, capsys):
+    """conf/sparsity's ablations are benchmarked like any method (no Python method table to extend)."""
+    (rec,) = _tiny_main(tmp_path, "sparsity=smet_momentum_warmup", "sparsity.density=0.5")
+    assert rec["method"] == "smet" and rec["variant"] == "momentum_warmup" and rec["name"] == "smet_momentum_warmup"
+    assert rec["config"]["optimizer"]["warmup_shape"] == "momentum"
+    assert rec["config"]["overrides"] == ["sparsity=smet_momentum_warmup", "model=tiny", "data.batch_size=2",
+                                          "data.seq_len=16", "data.tokenizer.vocab_size=256", "sparsity.density=0.5"]
+    assert rec["tokens_per_s"] > 0 and rec["static_bytes"] == rec["predicted_static_bytes"]
+    assert "| smet_momentum_warmup | 0.5 | transient |" in capsys.readouterr().out
+
+
+def test_bench_dense_runs_once_whatever_its_sparsity_keys(tmp_path, capsys):
+    records = _tiny_main(tmp_path, "sparsity=dense,smet", "sparsity.density=0.5,0.25")
+    assert [(r["method"], r["density"]) for r in records] == [("dense", 1.0), ("smet", 0.5), ("smet", 0.25)]
+    assert [r["dense_reference"] for r in records] == [None, "dense", "dense"]
+    assert records[0]["config"]["overrides"] == ["sparsity=dense", "model=tiny", "data.batch_size=2",
+                                                 "data.seq_len=16", "data.tokenizer.vocab_size=256"]
+    out = capsys.readouterr().out
+    assert "smet/dense tokens/s at d=0.5 (transient)" in out and "smet/dense tokens/s at d=0.25 (transient)" in out
+
+
+def test_from_json_renders_records_of_the_previous_version(tmp_path):
+    """docs/data/h200_fused/*.json (written before the grid came from conf/) still re-render."""
+    from smet.bench.render import markdown, ratios
+
+    old = Path(__file__).resolve().parents[1] / "docs" / "data" / "h200_fused" / "a.json"
+    if not old.is_file():
+        pytest.skip("no docs/data/h200_fused/a.json in this checkout")
+    records = json.loads(old.read_text())
+    md, lines = markdown(records), ratios(records)
+    assert md.count("\n| ") == len(records) and len(lines) == sum(r["method"] != "dense" for r in records)
+    assert all(line.startswith("smet/dense tokens/s at d=") for line in lines)
+    r = subprocess.run(_cli("smet-bench") + ["--from-json", str(old), "--md", str(tmp_path / "a.md")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and (tmp_path / "a.md").read_text().count("smet/dense tokens/s") == len(lines)

@@ -53,6 +53,7 @@ def _variants(tmp_path, real):
     return out
 
 
+@pytest.mark.slow
 def test_content_problem_names_what_the_file_is(tmp_path, real_ckpt):
     assert checkpoint_problem(real_ckpt) is None and content_problem(real_ckpt) is None
     for name, (path, why) in _variants(tmp_path, real_ckpt).items():

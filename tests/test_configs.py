@@ -78,12 +78,40 @@ def test_every_data_preset(data, tmp_path):
 def test_other_groups(combo):
     cfg = compose_cfg(*combo)
     validate(cfg)
+    default = compose_cfg()
     for override in combo:
         group, option = override.split("=")
-        node = OmegaConf.select(cfg, group.replace("/", "."))
-        assert node is not None, override
+        # the option's own files (its defaults chain merged by hand), not Hydra, say what must be there
+        global_pkg, want = option_tree(group, option)
+        node = cfg if global_pkg else OmegaConf.select(cfg, group.replace("/", "."))
+        got = flat(OmegaConf.to_container(node, resolve=False))
+        for key, value in flat(OmegaConf.to_container(want, resolve=False)).items():
+            assert key in got and got[key] == value, (override, key, got.get(key), value)
+        key = "sparsity" if global_pkg else group.replace("/", ".")
+        assert OmegaConf.select(cfg, key) != OmegaConf.select(default, key), override  # it did change the default
         if group == "logger":
             assert cfg.logger.wandb.mode in ("offline", "online", "disabled")
+
+
+def option_tree(group: str, option: str):
+    """(``# @package _global_``?, the option file merged over its defaults list, _self_ last unless placed)."""
+    path = CONF / group / f"{option}.yaml"
+    raw = OmegaConf.load(path)
+    defaults = list(raw.pop("defaults", []))
+    parts = [raw if d == "_self_" else option_tree(group, d)[1] for d in defaults]
+    if "_self_" not in defaults:
+        parts.append(raw)
+    return path.read_text().startswith("# @package _global_"), OmegaConf.merge(*parts)
+
+
+def flat(d, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))

@@ -214,7 +214,7 @@ def test_fidelity_experiments_share_their_settings():
 
 
 def test_plan_dedupes_and_orders_by_seed():
-    from smet.cli.fidelity import plan
+    from smet.fidelity.plan import plan
 
     runs = plan(overrides=["trainer=gpu", "trainer.precision=bf16-mixed"])
     names = [r.name for r in runs]
@@ -253,7 +253,10 @@ def _fake_python(tmp_path: Path) -> Path:
 
 
 def test_runner_budget_skips_and_stops_then_packs(tmp_path):
-    from smet.cli.fidelity import PlannedRun, pack, publish, run_all, summary_rows
+    from smet.fidelity.plan import PlannedRun
+    from smet.fidelity.publish import pack, publish
+    from smet.fidelity.runner import run_all
+    from smet.fidelity.summary import summary_rows
 
     runs = [PlannedRun(name=f"r{i}-s{s}", experiment="fidelity", overrides=[f"seed={s}"], seed=s)
             for s in (0, 1) for i in range(2)]
@@ -296,7 +299,8 @@ def test_runner_budget_skips_and_stops_then_packs(tmp_path):
 
 def test_runner_counts_a_run_stopped_in_teardown_as_finished(tmp_path, monkeypatch):
     """A run killed at the budget after writing summary.json finished its training: status ok, with a note."""
-    from smet.cli.fidelity import PlannedRun, run_all
+    from smet.fidelity.plan import PlannedRun
+    from smet.fidelity.runner import run_all
 
     monkeypatch.setenv("FAKE_TEARDOWN", "30")
     runs = [PlannedRun(name="r0-s0", experiment="fidelity", overrides=["seed=0"], seed=0)]

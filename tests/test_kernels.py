@@ -72,6 +72,7 @@ def test_fused_kernels_match_reference_cuda():
     _check(_run_check("cuda", interpret=False), bf16_rel=0.02, cast_abs=0.0, fp32_rel=2e-6)
 
 
+@pytest.mark.slow
 @needs_triton
 def test_core_semantics_hold_through_the_fused_kernels():
     """The compact-layer and SMET-optimizer tests of test_sparse_core.py, re-run with every CPU

@@ -1,4 +1,5 @@
-"""``smet-memory``: GPU fit / largest micro-batch, model-dimension overrides, output width, bad input.
+"""``smet-memory``: GPU fit / largest micro-batch, config overrides and grids composed from conf/,
+model-dimension overrides, output width, bad input.
 
 Everything here runs in-process through ``smet.cli.memory.main`` (meta-device model, no allocation),
 plus one subprocess check that a piped run stays within 120 columns."""
@@ -14,8 +15,9 @@ import sys
 import pytest
 
 from smet.cli import memory as cli
-from smet.models.llama import LlamaConfig
-from smet.sparse.memory import estimate_activations
+from smet.compose import compose
+from smet.models.llama import LlamaConfig, model_shapes
+from smet.sparse.memory import active_weight_count, bytes_per_active_weight, estimate_activations, predict_static
 
 GIB = 2**30
 
@@ -28,8 +30,7 @@ def _json(capsys, argv):
 
 
 def _total(row, batch, ckpt):
-    cfg = dict(cli.load_model_preset(row["model"]), **row["model_overrides"], vocab_size=row["vocab"])
-    act = estimate_activations(cfg, batch, row["seq_len"], row["precision"], ckpt, row["vocab"],
+    act = estimate_activations(row["model_dims"], batch, row["seq_len"], row["precision"], ckpt, row["vocab"],
                                sparse_materialize=row["materialize"])
     return row["static_bytes"]["total"] + act["total"]
 
@@ -157,10 +158,16 @@ def test_piped_output_is_plain_and_within_120_columns():
     (["--model", "13b.yaml", "--density", "0.5"], "--model"),
     (["model=../train", "sparsity.density=0.5"], "model"),
     (["model=nope", "sparsity.density=0.5"], "model"),
-    (["--density", "0.5"], "--model"),
-    (["--model", "13b"], "--density"),
+    (["--density", "0.5"], "model"),  # conf/memory.yaml: model is required
+    (["model=350m,nope"], "model"),
+    (["model=13b", "sparsity=nope"], "sparsity"),
+    (["model=13b", "trainer.precision=fp8"], "trainer.precision"),
+    (["model=1b", "sparsity.block_size=4"], "sparsity.block_size"),
+    (["model=13b", "data.batch_size=0"], "data.batch_size"),
+    (["model=13b", "data.tokenizer.vocab_size=0"], "data.tokenizer.vocab_size"),
+    (["model=13b", "sparsity.density=0.5,2"], "sparsity.density"),
+    (["--model", "13b", "--batch", "abc"], "--batch"),
     (["model=13b", "sparsity.density=2"], "sparsity.density"),
-    (["model=13b", "sparsity=smet_no_reset", "sparsity.density=0.5"], "sparsity"),
     (["model=13b", "model.foo=1", "sparsity=dense"], "model.foo"),
     (["model=13b", "model.hidden_size=big", "sparsity=dense"], "model.hidden_size"),
     (["model=13b", "model.num_heads=7", "sparsity=dense"], "model.num_heads"),
@@ -193,3 +200,79 @@ def test_help_within_120_columns(capsys):
     out = capsys.readouterr().out
     assert "--gpu-mem" in out and "h100-80gb 79.1" in out and "model.<key>=V" in out
     assert max(len(ln) for ln in out.splitlines()) <= 120
+
+
+# ----------------------------------------------------------------------------- composed points and grids
+def _expected(overrides, *, dense=False):
+    """The figures of one point computed independently from the composed config and the core API."""
+    cfg = compose(list(overrides) + (["sparsity=dense"] if dense else []), config_name="memory")
+    vocab = cfg.model.vocab_size or cfg.data.tokenizer.vocab_size
+    shapes = model_shapes(cfg.model, vocab, cfg.data.seq_len)
+    scfg, ocfg = dict(cfg.sparsity), dict(cfg.optimizer)
+    static = predict_static(shapes, scfg, ocfg, str(cfg.trainer.precision))
+    return static, active_weight_count(shapes, scfg), bytes_per_active_weight(scfg, ocfg, str(cfg.trainer.precision))
+
+
+def test_smet_no_reset_point(capsys):
+    """smet_no_reset keeps W = 100 (conf/sparsity/smet_no_reset.yaml), so the per-slot local step exists."""
+    rows = _json(capsys, ["model=7b", "sparsity=smet_no_reset", "sparsity.density=0.25"])
+    assert [(r["method"], r["variant"]) for r in rows] == [("dense", None), ("smet", "no_reset")]
+    r = rows[1]
+    assert r["optimizer_cfg"]["reset_local_step"] is False and r["optimizer_cfg"]["regrowth_warmup_steps"] == 100
+    static, active, formula = _expected(["model=7b", "sparsity=smet_no_reset", "sparsity.density=0.25"])
+    assert r["static_bytes"] == static["all"] and r["active_weights"] == active
+    assert r["bytes_per_active_weight_formula"] == formula and formula["local_step"] == 2
+    assert r["static_bytes"]["metadata"] == active * (4 + 2)  # int32 index + int16 local step (b = 1, uniform)
+    assert r["bytes_per_active_weight"] == 14.0
+    # W = 0 as well: no local step at all (set / rigl's 12 B in pure bf16)
+    rows = _json(capsys, ["model=7b", "sparsity=smet_no_reset", "sparsity.density=0.25",
+                          "optimizer.regrowth_warmup_steps=0"])
+    assert rows[1]["static_bytes"]["metadata"] == active * 4 and rows[1]["bytes_per_active_weight"] == 12.0
+    assert cli.main(["model=7b", "sparsity=smet_no_reset", "sparsity.density=0.25"]) == 0
+    assert "smet_no_reset d=0.25" in capsys.readouterr().out
+
+
+def test_grid_rows_dense_baseline_per_model(capsys):
+    rows = _json(capsys, ["model=350m,13b", "sparsity.density=0.5,0.25"])
+    assert [(r["model"], r["method"], r["density"]) for r in rows] == [
+        ("350m", "dense", 1.0), ("350m", "smet", 0.5), ("350m", "smet", 0.25),
+        ("13b", "dense", 1.0), ("13b", "smet", 0.5), ("13b", "smet", 0.25)]
+    for r in rows:
+        ov = [f"model={r['model']}", f"sparsity.density={r['density'] if r['method'] != 'dense' else 0.5}"]
+        static, active, _ = _expected(ov, dense=r["method"] == "dense")
+        assert r["static_bytes"] == static["all"] and r["active_weights"] == active
+        dense = next(d for d in rows if d["model"] == r["model"] and d["method"] == "dense")
+        assert r["ratio_vs_dense"] == r["static_bytes"]["total"] / dense["static_bytes"]["total"]
+    # the memory.yaml defaults: bf16-true, batch 8 x seq 256, vocab 32000, smet
+    assert {(r["precision"], r["batch"], r["seq_len"], r["vocab"]) for r in rows} == {("bf16-true", 8, 256, 32000)}
+
+
+def test_old_flags_are_aliases_of_the_overrides(capsys):
+    old = _json(capsys, ["--model", "350m", "13b", "--method", "set", "smet", "--density", "0.25", "--materialize",
+                         "transient", "persistent", "--batch", "128", "--precision", "32", "--block-size", "4",
+                         "--allocation", "erk", "--layers", "12", "--no-activation-checkpointing"])
+    new = _json(capsys, ["model=350m,13b", "sparsity=set,smet", "sparsity.density=0.25",
+                         "sparsity.materialize=transient,persistent", "data.batch_size=128", "trainer.precision=32",
+                         "sparsity.block_size=4", "sparsity.allocation=erk", "model.num_layers=12",
+                         "model.gradient_checkpointing=false"])
+    assert len(old) == 2 * (1 + 2 * 2) and {r["model_dims"]["num_layers"] for r in old} == {12}
+    assert [dict(r, overrides=None) for r in old] == [dict(r, overrides=None) for r in new]  # same points
+
+
+def test_dense_in_the_grid_is_the_baseline_and_precision_sweeps_make_tables(capsys):
+    rows = _json(capsys, ["model=tiny", "sparsity=dense,smet", "sparsity.density=0.5,0.25",
+                          "trainer.precision=32,bf16-true"])
+    assert [(r["precision"], r["method"], r["density"]) for r in rows] == [
+        ("32", "dense", 1.0), ("32", "smet", 0.5), ("32", "smet", 0.25),
+        ("bf16-true", "dense", 1.0), ("bf16-true", "smet", 0.5), ("bf16-true", "smet", 0.25)]
+    assert [r["bytes_per_active_weight"] for r in rows if r["method"] == "smet"] == [22.0, 22.0, 14.0, 14.0]
+    buf = io.StringIO()
+    cli.render(rows, buf, tty=False)
+    text = buf.getvalue()
+    assert text.count("model tiny") == 2 and "precision 32," in text and "precision bf16-true," in text
+
+
+def test_swept_keys_outside_the_label_are_shown(capsys):
+    rows = _json(capsys, ["model=130m", "optimizer.regrowth_warmup_steps=100,40000"])
+    assert [r["label_extra"] for r in rows] == ["", "regrowth_warmup_steps=100", "regrowth_warmup_steps=40000"]
+    assert [r["bytes_per_active_weight_formula"]["local_step"] for r in rows[1:]] == [2, 4]  # int16, int32

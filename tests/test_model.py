@@ -54,7 +54,21 @@ def test_untied_head_and_param_count_matches_formula():
     assert m.lm_head.weight.data_ptr() != m.model.embed_tokens.weight.data_ptr()
     assert m.num_params() == m.config.num_params()
     assert m.num_params(include_embedding=False) == m.config.num_params(include_embedding=False)
-    assert flops_per_token(m.config) == 6 * m.config.num_params(include_embedding=False)
+    # by hand for small(): h=32, i=64, L=2, V=97. Per layer q,k,v,o 4*32*32 + gate,up,down 3*32*64 + 2 norms
+    # 2*32 = 10,304; 2 layers + final norm 32 + lm_head 97*32 = 23,744 (+ embedding 3,104 = 26,848)
+    assert m.num_params() == 26_848 and m.num_params(include_embedding=False) == 23_744
+    # 6*N FLOPs/token, N without the embedding lookup: 2 (multiply-add) x 3 (forward + 2 backward) per weight
+    assert flops_per_token(m.config) == 6 * 23_744
+    # and the matmul FLOPs actually executed: a forward of T tokens does 2 FLOPs per Linear weight per token
+    # (the 6*N convention also counts the 2L+1 norm weights and leaves out the attention scores)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randint(0, 97, (1, 8))
+    with FlopCounterMode(display=False) as fc:
+        m(x)
+    counts = fc.get_flop_counts()["Global"]
+    linear = counts.get(torch.ops.aten.mm, 0) + counts.get(torch.ops.aten.addmm, 0)
+    assert linear == 2 * 8 * (23_744 - (2 * 2 + 1) * 32)
 
 
 def test_gradient_checkpointing_same_gradients():

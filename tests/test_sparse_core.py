@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from smet.models.llama import LlamaConfig, LlamaForCausalLM
-from smet.sparse import SparseLinear, attach_sparsity, build_smet_optimizer
+from smet.sparse import SparseLinear, attach_sparsity, build_smet_optimizer, train_step
 from smet.sparse.layer import element_index
 from smet.sparse.optimizer import SMETOptimizer, saturation_step
 from smet.sparse.schedules import DensitySchedule, DropSchedule, erk_densities
@@ -21,11 +22,26 @@ SMET_OPT = {"lr": 1e-2, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
             "warmup_shape": "linear"}
 
 
+TINY = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, max_seq_len=16)
+
+
 def tiny_model(seed: int = 0, **kw) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    cfg = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, max_seq_len=16)
-    cfg.update(kw)
-    return LlamaForCausalLM(LlamaConfig(**cfg))
+    return LlamaForCausalLM(LlamaConfig(**{**TINY, **kw}))
+
+
+def build_run(sparsity: dict, optimizer: dict, *, total_steps: int, seed: int = 0, model_seed: int = 0):
+    """Model + controller + optimizer of a tiny run through the run builder (``smet.build``): the
+    classic CPU build from the global RNG seeded ``model_seed`` (the bits of ``tiny_model``)."""
+    from smet.build import build_training
+
+    torch.manual_seed(model_seed)
+    cfg = {"model": dict(TINY), "sparsity": sparsity, "optimizer": optimizer, "seed": seed,
+           "trainer": {"max_steps": total_steps, "precision": "32"}, "data": {"seq_len": TINY["max_seq_len"]}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # hidden size 32: the GEMM alignment hint
+        t = build_training(cfg, "cpu")
+    return t.model, t.controller, t.optimizer
 
 
 def batch(seed: int = 0, b: int = 4, t: int = 16, vocab: int = 128) -> torch.Tensor:
@@ -34,15 +50,11 @@ def batch(seed: int = 0, b: int = 4, t: int = 16, vocab: int = 128) -> torch.Ten
 
 
 def train_steps(model, opt, ctrl, n, start=1, data_seed=0, losses=None, fixed_batch=None):
-    """n optimizer steps of the plain-PyTorch loop; a fresh batch per step unless ``fixed_batch``."""
+    """n optimizer steps of the plain-PyTorch loop (``smet.sparse.train_step``); a fresh batch per
+    step unless ``fixed_batch``."""
     for s in range(start, start + n):
         x = fixed_batch if fixed_batch is not None else batch(data_seed + s, vocab=model.config.vocab_size)
-        ctrl.before_step(s)
-        loss = model.loss(x[:, :-1], x[:, 1:])
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        ctrl.after_step(s)
+        loss, _ = train_step(model, ctrl, opt, x[:, :-1], x[:, 1:], s)
         if losses is not None:
             losses.append(loss.detach().clone())
     return losses
@@ -202,7 +214,7 @@ def test_topology_update_invariants(method, growth, block):
 
 def test_rigl_grows_largest_gradient_inactive_positions():
     torch.manual_seed(0)
-    layer = SparseLinear(4, 2, n_active_blocks=2)
+    layer = SparseLinear(4, 2, n_active_blocks=2, name="q_proj", final_count=2)
     w = torch.zeros(2, 4)
     w[0, 0], w[1, 3] = 1.0, 0.01  # active blocks 0 (large) and 7 (small -> pruned)
     layer.load_from_dense(w, torch.tensor([0, 7]))
@@ -217,10 +229,9 @@ def test_rigl_grows_largest_gradient_inactive_positions():
     cfg = SparsityConfig(method="rigl", density=0.25, growth="gradient", update_interval=1, drop_fraction=0.5,
                          drop_schedule="constant")
     ctrl = SparseController([("q_proj", layer)], cfg, total_steps=10)
-    layer.final_count = 2
     opt = SMETOptimizer([{"params": [layer.values], "sparse": True, "block_size": 1}], lr=0.0)
     opt.register_layer(layer)
-    ctrl.optimizer = opt
+    ctrl.attach_optimizer(opt)
     # hand-made gradient: dW = gy^T x; x = e_j picks column j, gy picks the row
     x = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
     x[0, 2] = 1.0
@@ -414,11 +425,9 @@ def test_dense_params_follow_torch_adamw():
 
 def test_optimizer_and_controller_state_dict_round_trip_bit_identical():
     def build():
-        model = tiny_model(seed=9)
-        ctrl = attach_sparsity(model, {"method": "smet", "density": 0.3, "update_interval": 3, "drop_fraction": 0.3},
-                               total_steps=30, seed=4)
-        opt = build_smet_optimizer(model, {**SMET_OPT, "regrowth_warmup_steps": 5, "lr_scaling": "inverse"}, ctrl)
-        return model, ctrl, opt
+        return build_run({"method": "smet", "density": 0.3, "update_interval": 3, "drop_fraction": 0.3},
+                         {**SMET_OPT, "regrowth_warmup_steps": 5, "lr_scaling": "inverse"}, total_steps=30, seed=4,
+                         model_seed=9)
 
     model, ctrl, opt = build()
     train_steps(model, opt, ctrl, 7)
@@ -457,10 +466,8 @@ def test_local_steps_keep_int16_bits_through_state_dict_of_bf16_params():
 def test_sparse_model_trains_and_persistent_matches_transient(materialize):
     results = {}
     for mode in ("transient", materialize):
-        model = tiny_model(seed=11)
-        ctrl = attach_sparsity(model, {"method": "smet", "density": 0.5, "materialize": mode, "update_interval": 4},
-                               total_steps=40, seed=1)
-        opt = build_smet_optimizer(model, {**SMET_OPT, "regrowth_warmup_steps": 2}, ctrl)
+        model, ctrl, opt = build_run({"method": "smet", "density": 0.5, "materialize": mode, "update_interval": 4},
+                                     {**SMET_OPT, "regrowth_warmup_steps": 2}, total_steps=40, seed=1, model_seed=11)
         losses = [float(v) for v in train_steps(model, opt, ctrl, 24, losses=[], fixed_batch=batch(0, b=8))]
         results[mode] = losses
         assert losses[-1] < losses[0] - 0.5  # it learns (memorises one batch)

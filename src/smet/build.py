@@ -20,12 +20,18 @@ attempt OOMs on the GPU, not in host RAM). Note: the dense parameters' bits (emb
 all of a dense model) differ from the classic build (``build_model`` on CPU, then
 ``attach_sparsity``), where every module's constructor and then ``reset_parameters`` draw from the
 global RNG, the replaced linears included; the distributions are the same.
+
+:func:`build_training` is the one builder of a run: model + sparse controller + optimizer (+ LR
+schedule) from a composed run config, the classic build or the meta build above; ``LMModule``, the
+benchmark harness and the tests use it (or its pieces).
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, ContextManager, Mapping
 
 import torch
 from torch import nn
@@ -87,3 +93,113 @@ def build_training_model(model_cfg: Mapping[str, Any], sparsity_cfg: Mapping[str
                              max_seq_len=max_seq_len)
     materialize(model, ctrl, device)
     return model, ctrl
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    """The compute dtype of a Lightning precision string (``32`` | ``bf16-mixed`` | ``bf16-true``):
+    the dtype of the persistent dense copies of the compact layers."""
+    return torch.bfloat16 if str(precision).startswith("bf16") else torch.float32
+
+
+@dataclass
+class Training:
+    """A model ready to train (:func:`build_training`): its pieces and what to build next.
+
+    ``controller``: the ``SparseController`` (None for a dense model). ``optimizer``: None until
+    :meth:`build_optimizer` (``build_training`` calls it when given a device). ``optimizer_cfg`` /
+    ``total_steps`` / ``precision``: from the run config.
+    """
+
+    model: nn.Module
+    controller: Any | None
+    optimizer: torch.optim.Optimizer | None
+    optimizer_cfg: Mapping[str, Any]
+    total_steps: int
+    precision: str = "32"
+
+    @property
+    def lr_lambda(self) -> Callable[[int], float]:
+        """Multiplier of the peak LR at (0-based) step: ``smet.optim.lr_lambda`` of the config."""
+        from smet.optim import lr_lambda
+
+        return lr_lambda(self.optimizer_cfg, self.total_steps)
+
+    def scheduler(self, optimizer: torch.optim.Optimizer | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+        """The global LR schedule (``LambdaLR``, stepped once per optimizer step) of ``optimizer``
+        (default: :attr:`optimizer`)."""
+        opt = optimizer if optimizer is not None else self.optimizer
+        if opt is None:
+            raise ValueError("no optimizer yet: call build_optimizer() first")
+        return torch.optim.lr_scheduler.LambdaLR(opt, self.lr_lambda)
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """Build the optimizer (``smet.optim.build_optimizer``: AdamW for a dense model, the SMET
+        optimizer attached to the controller otherwise) for the model where it is now; sets
+        :attr:`optimizer`. Build it once the model sits on its training device (fused kernels)."""
+        from smet.optim import build_optimizer
+
+        self.optimizer = build_optimizer(self.model, self.optimizer_cfg, sparse=self.controller)
+        return self.optimizer
+
+    def materialize(self, device: torch.device | str) -> None:
+        """Allocate and initialise a meta-built model (``build_training(..., defer=True)``) on ``device``."""
+        materialize(self.model, self.controller, device)
+
+    def autocast(self, device_type: str) -> ContextManager:
+        """bf16 autocast for ``bf16-mixed``, else a no-op context (for :meth:`step` / plain loops)."""
+        if self.precision == "bf16-mixed":
+            return torch.autocast(device_type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, step: int, **kw):
+        """One optimizer step: ``smet.sparse.train_step`` with this model, controller and optimizer."""
+        from smet.sparse.step import train_step
+
+        return train_step(self.model, self.controller, self.optimizer, x, y, step, **kw)
+
+
+def build_training(cfg: Mapping[str, Any], device: torch.device | str | None, *, vocab_size: int | None = None,
+                   defer: bool = False) -> Training:
+    """Model + controller (+ optimizer) from a composed run config (a mapping with ``model``,
+    ``sparsity``, ``optimizer``, ``trainer.precision`` / ``trainer.max_steps``, ``data.seq_len`` and
+    ``seed``; a missing ``sparsity`` means dense).
+
+    ``defer=False`` - the classic build: ``build_model`` on CPU, then ``attach_sparsity`` (every
+    draw from the global RNG; seed it first, e.g. ``torch.manual_seed``/Lightning's
+    ``seed_everything``), bit-identical to earlier versions. ``defer=True`` - built on the meta
+    device (:func:`build_meta`) and, given a ``device``, materialised there (:func:`materialize`).
+
+    The persistent dense copies follow the compute dtype of ``trainer.precision``
+    (:func:`compute_dtype`), as in ``LMModule``. ``device=None`` leaves placement, precision
+    conversion and the optimizer to the caller (Lightning: the strategy moves the model, the
+    precision plugin converts it, ``configure_optimizers`` calls :meth:`Training.build_optimizer`;
+    a deferred model is materialised with :meth:`Training.materialize`). Given a ``device``, the model
+    is moved there (classic build), cast to bf16 for ``bf16-true``, and the optimizer is built.
+    """
+    scfg = cfg.get("sparsity") or {"method": "dense"}
+    trainer = cfg["trainer"]
+    total, seed = int(trainer["max_steps"]), int(cfg.get("seed", 0))
+    precision = str(trainer.get("precision", "32"))
+    max_seq_len = cfg["data"]["seq_len"]
+    if defer:
+        model, ctrl = build_meta(cfg["model"], scfg, total_steps=total, seed=seed, vocab_size=vocab_size,
+                                 max_seq_len=max_seq_len)
+        if device is not None:
+            materialize(model, ctrl, device)
+    else:
+        from smet.models.llama import build_model
+        from smet.sparse import attach_sparsity
+
+        model = build_model(cfg["model"], vocab_size=vocab_size, max_seq_len=max_seq_len)
+        ctrl = attach_sparsity(model, scfg, total_steps=total, seed=seed)
+    if ctrl is not None:
+        ctrl.set_dense_dtype(compute_dtype(precision))
+    training = Training(model=model, controller=ctrl, optimizer=None, optimizer_cfg=cfg.get("optimizer") or {},
+                        total_steps=total, precision=precision)
+    if device is not None:
+        if not defer:
+            model.to(device)
+        if precision == "bf16-true":
+            model.to(dtype=torch.bfloat16)
+        training.build_optimizer()
+    return training

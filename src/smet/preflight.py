@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-from smet.errors import SmetConfigError
+from smet.errors import SmetConfigError, SmetInputError
 
 # Hydra flags after which the command does not train (or Hydra handles everything itself)
 _PASSTHROUGH_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
@@ -34,8 +34,9 @@ _HYDRA_ONLY = re.compile(r"^hydra/|^hydra\.(launcher|sweeper|run|sweep|job|mode|
 RUN_MARKERS = ("summary.json", "metrics.csv", "checkpoints")
 
 
-class PreflightError(Exception):
-    """One line for the user; ``key`` names the offending key or path where there is one."""
+class PreflightError(SmetInputError):
+    """One line for the user (a :class:`~smet.errors.SmetConfigError`); ``key`` names the offending
+    key or path where there is one."""
 
 
 def holds_run(path: Path) -> list[str]:
@@ -76,7 +77,7 @@ def check_not_overwriting(run_dir: Path, ckpt_path: Any, key: str = "hydra.run.d
         if ck == here or here in ck.parents:
             return
     raise PreflightError(
-        f"{key}: {run_dir} already holds a run ({', '.join(markers)}); resume it with ckpt_path=auto "
+        key, f"{run_dir} already holds a run ({', '.join(markers)}); resume it with ckpt_path=auto "
         f"(or ckpt_path={run_dir}), or start a new run elsewhere (e.g. {key}={run_dir}-2)")
 
 
@@ -167,7 +168,7 @@ def check_appended_keys(overrides: list[str], conf: Path) -> None:
             continue
         close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.6)
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
-        raise PreflightError(f"{key}: unknown key (no config in conf/ defines it){hint}")
+        raise PreflightError(key, f"unknown key (no config in conf/ defines it){hint}")
 
 
 def check_dense_density(cfg: Any, overrides: list[str]) -> None:
@@ -244,7 +245,7 @@ def check_command(argv: list[str], conf: Path | None = None) -> None:
             validate(cfg)
             check_dense_density(cfg, overrides)
         except SmetConfigError as e:
-            raise PreflightError(str(e)) from None
+            raise PreflightError(str(e), key=e.key) from None
         explicit = cfg.get("output_dir") or _last(overrides, "hydra.run.dir")
         if explicit and "${" not in str(explicit):
             check_not_overwriting(Path(str(explicit)), cfg.get("ckpt_path"),

@@ -15,15 +15,11 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from smet.cli.args import OneLineParser, die
+
 REPORT_FILES = ("summary.csv", "summary.md", "runs.csv", "report.md", "report.html", "loss_curves.png",
                 "curves_vs_tokens.png", "spike_by_method.png", "paired_spike_by_method.png", "update_ratio.png")
 REPORT_GLOBS = ("ppl_vs_*.png",)  # one per swept key
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line + exit 2, like the other smet CLIs
-        self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _fill(text: str) -> str:
@@ -35,7 +31,8 @@ def _fill(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     from smet.report.table import DEFAULT_GROUP_BY, KEYS
 
-    p = _Parser(
+    p = OneLineParser(
+        usage_on_error=True,
         prog="smet-compare",
         description=_fill("Compare training runs: a summary table (one row per group of runs with the same config "
                     "except the seed: final/best validation perplexity mean ± std over seeds, tokens/s, static "
@@ -191,6 +188,7 @@ def make_report(runs: list, out: Path, *, title: str, group_by: Sequence[str] | 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from smet.errors import SmetConfigError
     from smet.report.runs import ReportError
 
     t0 = time.perf_counter()
@@ -218,9 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _prepare_out(args.out)
         res = make_report(runs, args.out, title=args.title, group_by=group_by, inputs=inputs, warnings=warnings,
                           baseline=args.baseline)
-    except ReportError as err:
-        print(f"smet-compare: error: {err}", file=sys.stderr, flush=True)
-        return 2
+    except SmetConfigError as err:  # ReportError is one
+        return die("smet-compare", err)
     for w in warnings:
         print(f"smet-compare: warning: {w}", file=sys.stderr)
     groups = res["groups"]

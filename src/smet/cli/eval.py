@@ -14,7 +14,8 @@ import sys
 import textwrap
 from typing import Sequence
 
-from smet.cli.infer_args import OneLineParser, check_src, device_arg, die, int_at_least
+from smet.cli.args import OneLineParser, die
+from smet.cli.infer_args import check_src, device_arg, int_at_least
 
 PROG = "smet-eval"
 
@@ -61,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import logging
     import warnings
 
-    from smet.export import ExportError
+    from smet.errors import SmetConfigError
     from smet.export.infer import evaluate, load_for_inference
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -72,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{PROG}: warning: {w}", file=sys.stderr, flush=True)
         r = evaluate(run, split=args.split, batches=args.batches, batch_size=args.batch_size,
                      precision=args.precision, cache_dir=args.cache_dir)
-    except ExportError as e:
+    except SmetConfigError as e:  # ExportError is one
         return die(PROG, str(e))
     if args.json:
         print(json.dumps(r))

@@ -13,16 +13,13 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line + exit 2, like the other smet CLIs
-        self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n")
+from smet.cli.args import OneLineParser, die
 
 
 def build_parser() -> argparse.ArgumentParser:
     fill = lambda s: textwrap.fill(s, width=100)  # noqa: E731
-    p = _Parser(
+    p = OneLineParser(
+        usage_on_error=True,
         prog="smet-export",
         description=fill(
             "Export a training checkpoint. 'hf': a dense safetensors state dict in the Hugging Face LLaMA layout "
@@ -60,15 +57,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import logging
 
-    from smet.export import ExportError, ExportWarning, export_checkpoint
+    from smet.errors import SmetConfigError
+    from smet.export import ExportWarning, export_checkpoint
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     warnings.simplefilter("ignore", ExportWarning)  # printed below as one line each
     try:
         res = export_checkpoint(args.src, args.out, fmt=args.fmt, dtype=args.dtype, force=args.force)
-    except ExportError as e:
-        print(f"smet-export: error: {e}", file=sys.stderr, flush=True)
-        return 2
+    except SmetConfigError as e:  # ExportError is one
+        return die("smet-export", e)
     for w in res.warnings:
         print(f"smet-export: warning: {w}", file=sys.stderr, flush=True)
     r = res.record

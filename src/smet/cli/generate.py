@@ -13,7 +13,8 @@ import sys
 import textwrap
 from typing import Sequence
 
-from smet.cli.infer_args import OneLineParser, check_src, device_arg, die, float_at_least, int_at_least
+from smet.cli.args import OneLineParser, die
+from smet.cli.infer_args import check_src, device_arg, float_at_least, int_at_least
 
 PROG = "smet-generate"
 DEFAULT_TEMPERATURE = 0.8  # = smet.export.infer.DEFAULT_TEMPERATURE (not imported: keeps --help fast)
@@ -58,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_src(parser, args.src)
     import logging
 
-    from smet.export import ExportError
+    from smet.errors import SmetConfigError
     from smet.export.infer import generate, load_for_inference
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -68,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{PROG}: warning: {w}", file=sys.stderr, flush=True)
         r = generate(run, tok, args.prompt, args.max_new_tokens, temperature=args.temperature,
                      top_k=args.top_k or None, seed=args.seed, stop_at_eot=args.stop_at_eot)
-    except ExportError as e:
+    except SmetConfigError as e:  # ExportError is one
         return die(PROG, str(e))
     if args.json:
         print(json.dumps({**r, "checkpoint": str(run.ckpt_path), "global_step": run.global_step}))

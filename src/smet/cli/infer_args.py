@@ -5,23 +5,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-
-class OneLineParser(argparse.ArgumentParser):
-    """``<prog>: error: <arg>: <what>`` on stderr and exit 2 (no usage block)."""
-
-    def error(self, message: str):
-        if message.startswith("argument "):
-            message = message[len("argument "):]
-            arg, sep, rest = message.partition(": ")
-            names = arg.split("/")  # '--max-new-tokens/-n' -> '--max-new-tokens'
-            message = f"{max(names, key=lambda n: (n.startswith('--'), len(n)))}{sep}{rest}"
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-    def fail(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+from smet.cli.args import OneLineParser, die  # noqa: F401 (the shared ones; re-exported for eval/generate)
 
 
 def int_at_least(lo: int):
@@ -62,8 +48,3 @@ def check_src(parser: OneLineParser, src: str) -> None:
         parser.fail(f"{p}: no such checkpoint file or run directory")
     if p.is_file() and p.stat().st_size == 0:
         parser.fail(f"{p}: cannot read checkpoint (empty file)")
-
-
-def die(prog: str, message: str) -> int:
-    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
-    return 2

@@ -1,5 +1,11 @@
 """``smet-memory``: predicted training memory of dense AdamW vs compact sparse training.
 
+Every point comes from ``conf/`` (:func:`smet.compose.compose_points` with ``conf/memory.yaml``, i.e.
+``conf/train.yaml`` plus the planner's defaults), so any key ``train.py`` takes can be overridden or
+swept the same way (``model=350m,13b sparsity=smet,set sparsity.density=0.5,0.25``). The dense AdamW
+baseline (``conf/sparsity/dense.yaml``) of each model / precision / data shape is always shown next
+to the sparse points.
+
 Nothing of the model size is allocated: shapes come from a ``meta``-device model and the per-layer
 active counts from the same functions the sparse core uses, so the static figures equal what
 ``smet.sparse.memory.measure_static`` reports on a live run to the byte. Activations are an
@@ -9,6 +15,7 @@ ESTIMATE (formula in ``smet.sparse.memory.estimate_activations``).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -18,10 +25,11 @@ import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
+from smet.cli.args import OneLineParser
+from smet.errors import SmetConfigError
+
+CONFIG_NAME = "memory"  # conf/memory.yaml
 GIB = float(2**30)
-PRECISION_CHOICES = ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
-METHOD_CHOICES = ("static", "set", "rigl", "smet")
-DEFAULT_VOCAB = 32000
 DEFAULT_RESERVE_GIB = 1.5
 
 #: usable memory per GPU in GiB: the total capacity CUDA reports to PyTorch (the "GPU 0 has a total
@@ -38,206 +46,182 @@ GPU_TABLE: dict[str, float] = {
 }
 GPU_ALIASES = {"h100": "h100-80gb", "4090": "rtx4090", "rtx-4090": "rtx4090", "h200-141gb": "h200"}
 
-#: ``model.<key>=VALUE`` overrides (the LlamaConfig fields) and their types
-MODEL_KEYS: dict[str, type] = {"hidden_size": int, "intermediate_size": int, "num_layers": int, "num_heads": int,
-                               "vocab_size": int, "max_seq_len": int, "rope_theta": float, "norm_eps": float,
-                               "init_std": float, "gradient_checkpointing": bool}
-#: model-dimension flags -> model key
-MODEL_FLAGS = {"--hidden-size": "hidden_size", "--intermediate-size": "intermediate_size", "--layers": "num_layers",
-               "--heads": "num_heads"}
-OVERRIDE_KEYS = ("model", "model.<key>", "sparsity", "sparsity.method", "sparsity.density", "sparsity.block_size",
-                 "sparsity.materialize", "sparsity.allocation", "trainer.precision", "data.batch_size",
-                 "data.seq_len")
+#: sparse-row fields the label shows already (other swept sparsity.* / optimizer.* keys are appended)
+LABELLED_KEYS = ("sparsity.method", "sparsity.variant", "sparsity.density", "sparsity.block_size",
+                 "sparsity.materialize", "sparsity.allocation")
 
 
-class CliError(Exception):
-    """Bad command-line value: printed as one line naming the option, exit code 2."""
+class CliError(SmetConfigError):
+    """Bad command-line value: printed as one line naming the option or key, exit code 2."""
 
     def __init__(self, option: str, message: str):
+        super().__init__(option, message)
         self.option = option
-        super().__init__(f"{option}: {message}")
 
 
-# ----------------------------------------------------------------------------- presets
+
 def conf_dir() -> Path:
-    """The Hydra config directory: ``$SMET_CONF_DIR`` or ``<repo>/conf`` next to ``src/``."""
-    env = os.environ.get("SMET_CONF_DIR")
-    if env:
-        return Path(env).expanduser().resolve()
-    import smet
+    """The Hydra config directory: ``$SMET_CONF_DIR`` or ``<repo>/conf``."""
+    from smet.slurm.grid import conf_dir as grid_conf_dir
 
-    return Path(smet.__file__).resolve().parents[2] / "conf"
+    return grid_conf_dir()
 
 
-def available_presets() -> list[str]:
-    d = conf_dir() / "model"
+def group_options(group: str) -> list[str]:
+    """The options of a config group (``conf/<group>/*.yaml``)."""
+    d = conf_dir() / group
     return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
 
 
-def load_model_preset(name: str, option: str = "--model") -> dict[str, Any]:
-    """``conf/model/<name>.yaml`` as a plain dict (raises :class:`CliError` naming ``option``)."""
-    import yaml
-
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", name) or ".." in name or name.endswith((".yaml", ".yml")):
-        raise CliError(option, f"{name!r} is not a preset name (presets are conf/model/<name>.yaml; a path is not "
-                               f"read); available: {', '.join(available_presets()) or '(none)'}")
-    path = conf_dir() / "model" / f"{name}.yaml"
-    if not path.is_file():
-        avail = available_presets()
-        where = conf_dir() / "model"
-        raise CliError(option, f"unknown model preset {name!r}; available: {', '.join(avail) or '(none)'}"
-                       f" (in {where}; set SMET_CONF_DIR to use another conf directory)")
-    with open(path) as f:
-        cfg = yaml.safe_load(f) or {}
-    if not isinstance(cfg, dict):
-        raise CliError(option, f"{path} is not a mapping")
-    cfg.setdefault("name", name)
-    return cfg
-
-
-def check_block_size(model_cfg: dict, block_size: int, option: str = "--block-size") -> None:
-    if block_size < 1:
-        raise CliError(option, f"must be a positive integer, got {block_size}")
-    for key in ("hidden_size", "intermediate_size"):
-        dim = int(model_cfg[key])
-        if dim % block_size:
-            raise CliError(option, f"{block_size} does not divide the row length {key}={dim} of model "
-                                   f"{model_cfg.get('name', '?')!r}")
-
-
-def check_density(d: float, option: str = "--density") -> None:
-    if not (0.0 < d <= 1.0):
-        raise CliError(option, f"must be in (0, 1], got {d:g}")
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (``smet-xxx: error: argument --x: ...``) and exit code 2."""
-
-    def error(self, message: str):  # noqa: D401 - argparse API
-        if message.startswith("argument "):  # "argument --x: ..." -> "--x: ..." like CliError
-            message = message[len("argument "):]
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(2)
+def available_presets() -> list[str]:
+    return group_options("model")
 
 
 # ----------------------------------------------------------------------------- overrides
-def _parse_value(key: str, raw: str, typ: type):
-    if typ is bool:
-        low = raw.strip().lower()
-        if low in ("true", "1", "yes", "on"):
-            return True
-        if low in ("false", "0", "no", "off"):
-            return False
-        raise CliError(key, f"expected true or false, got {raw!r}")
-    try:
-        return typ(raw)
-    except ValueError:
-        raise CliError(key, f"expected {'an integer' if typ is int else 'a number'}, got {raw!r}") from None
-
-
-def _values(key: str, raw: str, choices: Sequence[str] | None = None) -> list[str]:
-    vals = [v.strip() for v in raw.split(",") if v.strip()]
-    if not vals:
-        raise CliError(key, "empty value")
-    for v in vals:
-        if choices is not None and v not in choices:
-            raise CliError(key, f"invalid value {v!r}; choose from {', '.join(choices)}")
-    return vals
+_OVERRIDE = re.compile(r"(?:\+\+|\+)?[A-Za-z_][\w.@/-]*=|~[A-Za-z_]")
 
 
 def is_override(token: str) -> bool:
-    """``key=value`` with a config-style key (what ``smet-train`` takes), not an option."""
-    return bool(re.match(r"[A-Za-z_][\w.]*=", token))
+    """A Hydra override (``key=value``, ``+key=value``, ``~key``), not an option."""
+    return bool(_OVERRIDE.match(token))
 
 
-def apply_overrides(args, tokens: Sequence[str]) -> None:
-    """Apply Hydra-style ``key=value`` tokens on top of the flags (they win over them).
+def _override_key(token: str) -> str:
+    return token.split("=", 1)[0].lstrip("+~")
 
-    ``model=NAME[,NAME]``, ``model.<key>=V`` (any LlamaConfig field: hidden_size, intermediate_size,
-    num_layers, num_heads, vocab_size, ...), ``sparsity=METHOD[,METHOD]`` (``dense`` = only the
-    baseline), ``sparsity.density=D[,D]``, ``sparsity.block_size``, ``sparsity.materialize``,
-    ``sparsity.allocation``, ``trainer.precision``, ``data.batch_size``, ``data.seq_len``.
-    """
+
+#: old flag -> the override it stands for (kept so old commands work; --help shows the override form)
+FLAG_ALIASES = {"--model": "model", "--method": "sparsity", "--density": "sparsity.density",
+                "--precision": "trainer.precision", "--batch": "data.batch_size", "--seq-len": "data.seq_len",
+                "--vocab": "data.tokenizer.vocab_size", "--hidden-size": "model.hidden_size",
+                "--intermediate-size": "model.intermediate_size", "--layers": "model.num_layers",
+                "--heads": "model.num_heads", "--block-size": "sparsity.block_size",
+                "--materialize": "sparsity.materialize", "--allocation": "sparsity.allocation",
+                "--activation-checkpointing": "model.gradient_checkpointing"}
+
+
+def flag_overrides(args, explicit: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """The old flags as overrides (``--density 0.5 0.25`` -> ``sparsity.density=0.5,0.25``), before the
+    explicit ``key=value`` tokens, which win: a flag whose key they set is dropped. Also returns
+    override key -> flag, so that an error names what the user typed."""
+    given = {_override_key(t) for t in explicit}
+    tokens, flags = [], {}
+    for flag, key in FLAG_ALIASES.items():
+        v = getattr(args, flag[2:].replace("-", "_"))
+        if v is None or key in given:
+            continue
+        if isinstance(v, bool):
+            v = str(v).lower()
+        tokens.append(f"{key}={','.join(v) if isinstance(v, list) else v}")
+        flags[key] = flag
+    return tokens, flags
+
+
+def _precheck_groups(tokens: Sequence[str]) -> None:
+    """``model=NAME`` / ``sparsity=NAME`` (and other groups): a name from conf/<group>, not a path."""
     for tok in tokens:
-        key, sep, raw = tok.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise CliError(tok, f"not a key=value override; keys: {', '.join(OVERRIDE_KEYS)}")
-        if key == "model":
-            args.model = _values(key, raw)
-            args.src["model"] = key
-        elif key.startswith("model."):
-            mk = key.split(".", 1)[1]
-            if mk not in MODEL_KEYS:
-                raise CliError(key, f"unknown model key {mk!r}; choose from {', '.join(MODEL_KEYS)}")
-            val = _parse_value(key, raw, MODEL_KEYS[mk])
-            if mk == "vocab_size":
-                args.vocab = val
-                args.src["vocab"] = key
-            else:
-                args.model_overrides[mk] = (val, key)
-        elif key in ("sparsity", "sparsity.method"):
-            methods = _values(key, raw, ("dense",) + METHOD_CHOICES)
-            args.method = [m for m in methods if m != "dense"]
-            args.src["method"] = key
-        elif key == "sparsity.density":
-            args.density = [_parse_value(key, v, float) for v in _values(key, raw)]
-            args.src["density"] = key
-        elif key == "sparsity.block_size":
-            args.block_size = _parse_value(key, raw, int)
-            args.src["block_size"] = key
-        elif key == "sparsity.materialize":
-            args.materialize = _values(key, raw, ("transient", "persistent"))
-        elif key == "sparsity.allocation":
-            args.allocation = _values(key, raw, ("uniform", "erk"))[0]
-        elif key in ("trainer.precision", "precision"):
-            args.precision = _values(key, raw, PRECISION_CHOICES)[0]
-        elif key in ("data.batch_size", "batch"):
-            args.batch = _parse_value(key, raw, int)
-            args.src["batch"] = key
-        elif key in ("data.seq_len", "seq_len"):
-            args.seq_len = _parse_value(key, raw, int)
-            args.src["seq_len"] = key
-        else:
-            raise CliError(key, f"unknown override key; keys: {', '.join(OVERRIDE_KEYS)}")
+        key, sep, value = tok.partition("=")
+        if not sep or "/" in key or "." in key or key.startswith(("+", "~")) or "(" in value:
+            continue
+        opts = group_options(key)
+        if not opts:
+            continue
+        for v in (x.strip() for x in value.split(",")):
+            if v not in opts:
+                what = "model preset" if key == "model" else f"{key} option"
+                shown = [o for o in opts if o != "base"]  # conf/sparsity/base.yaml: shared keys, not a method
+                raise CliError(key, f"unknown {what} {v!r}; available: {', '.join(shown)} "
+                                    f"(conf/{key}/<name>.yaml; set SMET_CONF_DIR to use another conf directory)")
 
 
-def resolve_model(name: str, args) -> dict[str, Any]:
-    """Preset + overrides -> ``{"name", "label", "cfg", "vocab", "overrides", "params"}``."""
-    from smet.errors import SmetConfigError
+_HYDRA_KEY = (re.compile(r"You must specify '([^']+)'"), re.compile(r"Could not find '([^'/]+)/"),
+              re.compile(r"Could not (?:override|append to|delete from config\.) ?'?([^'\s]+)'"),
+              re.compile(r"[Oo]verride '([^']+)'"), re.compile(r"[Kk]ey '([^']+)'"))
+_TASK = re.compile(r"task \d+ \((.*?)\): ")
+
+
+def config_error(err: SmetConfigError, flags: dict[str, str], explicit: Sequence[str]) -> CliError:
+    """A compose/validation error as ``<key or flag>: <what>``: Hydra's key found in its message,
+    the point of a grid named, the old flag named when the key came from one."""
+    text = str(err)
+    point = ""
+    m = _TASK.match(text)
+    if m:
+        point, text = m.group(1), text[m.end():]
+    key = getattr(err, "key", "") or ""
+    if key and text.startswith(key + ": "):
+        text = text[len(key) + 2:]
+    elif not key:
+        for pat in _HYDRA_KEY:
+            found = pat.search(text)
+            if found:
+                key = _override_key(found.group(1))
+                break
+        key = key or "overrides"
+    given = {_override_key(t) for t in explicit}
+    flag = flags.get(key)
+    if flag is None and key not in given:  # e.g. model.num_heads after --hidden-size 4100
+        flag = next((f for k, f in flags.items() if "." in k and k.split(".")[0] == key.split(".")[0]), None)
+    if point and any("," in t or "(" in t for t in (*explicit, *flags)):
+        text += f" (point {point})"
+    if flag is not None:
+        return CliError(flag, f"{text} ({key})" if "." in key else text)
+    return CliError(key, text)
+
+
+@functools.lru_cache(maxsize=4)
+def _dense_configs(conf: str) -> tuple[dict, dict]:
+    """The dense AdamW baseline's ``sparsity`` and ``optimizer`` (``conf/sparsity/dense.yaml``)."""
+    from smet.compose import compose
+
+    from omegaconf import OmegaConf
+
+    cfg = compose(["sparsity=dense"], conf=Path(conf), check_values=False)  # conf/train.yaml
+
+    return OmegaConf.to_container(cfg.sparsity, resolve=True), OmegaConf.to_container(cfg.optimizer, resolve=True)
+
+
+# ----------------------------------------------------------------------------- points
+def resolve_point(point) -> dict[str, Any]:
+    """What the figures of one composed point depend on: model config and dims, vocabulary, data
+    shape, precision, checkpointing, the sparsity / optimizer configs and the model label."""
     from smet.models.llama import LlamaConfig
 
-    cfg = load_model_preset(name, args.src.get("model", "--model"))
-    overrides = {}
-    for k, (v, _opt) in args.model_overrides.items():
-        cfg[k] = v
-        overrides[k] = v
-    if args.vocab is not None:
-        vocab = int(args.vocab)
-        if cfg.get("vocab_size") not in (None, "auto") and int(cfg["vocab_size"]) != vocab:
-            overrides["vocab_size"] = vocab
-    elif cfg.get("vocab_size") not in (None, "auto"):
-        vocab = int(cfg["vocab_size"])
-    else:
-        vocab = DEFAULT_VOCAB
-    cfg["vocab_size"] = vocab
-    d = dict(cfg)
+    cfg = point.plain()
+    model = dict(cfg["model"])
+    data = cfg["data"]
+    vocab_key = "model.vocab_size" if model.get("vocab_size") not in (None, "auto") else "data.tokenizer.vocab_size"
+    raw = model["vocab_size"] if vocab_key == "model.vocab_size" else (data.get("tokenizer") or {}).get("vocab_size")
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
+        raise CliError(vocab_key, f"must be a positive integer (the vocabulary of the model), got {raw!r}")
+    vocab = raw
+    seq_len = int(data["seq_len"])
+    d = dict(model, vocab_size=vocab)
     if d.get("max_seq_len") in (None, "auto"):
-        d["max_seq_len"] = int(args.seq_len)
+        d["max_seq_len"] = seq_len
+    name = str(model.get("name", "?"))
     try:
         lc = LlamaConfig.from_dict(d)
         lc.validate()
     except SmetConfigError as err:
-        key = err.key.split(".", 1)[-1]
-        opts = {k: o for k, (_v, o) in args.model_overrides.items()}
-        opt = opts.get(key) or next(iter(opts.values()), args.src.get("model", "--model"))
+        key = err.key if err.key.startswith("model.") else f"model.{err.key.split('.')[-1]}"
         msg = str(err)[len(err.key) + 2:] if str(err).startswith(err.key + ": ") else str(err)
-        raise CliError(opt, f"model {name!r}: {msg} ({err.key})") from None
+        raise CliError(key, f"model {name!r}: {msg}") from None
     except TypeError as err:
-        raise CliError(args.src.get("model", "--model"), f"model {name!r}: {err}") from None
+        raise CliError("model", f"model {name!r}: {err}") from None
+    overrides = {}
+    for tok in point.overrides:
+        key = _override_key(tok)
+        # (not gradient_checkpointing: the title says "activation checkpointing on/off")
+        if key.startswith("model.") and key[6:] in model and key != "model.gradient_checkpointing":
+            overrides[key[6:]] = model[key[6:]]
     label = name + (" (" + ", ".join(f"{k}={v}" for k, v in overrides.items()) + ")" if overrides else "")
-    return {"name": name, "label": label, "cfg": cfg, "vocab": vocab, "overrides": overrides,
-            "params": lc.num_params(), "dims": lc}
+    return {"cfg": cfg, "name": name, "label": label, "model_cfg": model, "vocab": vocab, "seq_len": seq_len,
+            "batch": int(data["batch_size"]), "precision": str(cfg["trainer"]["precision"]),
+            "ckpt": bool(model.get("gradient_checkpointing", False)), "overrides": overrides,
+            "params": lc.num_params(), "dims": {k: getattr(lc, k) for k in ("hidden_size", "intermediate_size",
+                                                                            "num_layers", "num_heads", "vocab_size")},
+            "sparsity": dict(cfg["sparsity"]), "optimizer": dict(cfg["optimizer"]), "tokens": list(point.overrides)}
 
 
 def resolve_gpu(args) -> dict[str, Any] | None:
@@ -301,79 +285,106 @@ def _gib(n: float) -> float:
     return n / GIB
 
 
-def compute_rows(model_name: str, model_cfg: dict, args, *, vocab: int | None = None, gpu: dict | None = None,
-                 model: dict | None = None) -> list[dict[str, Any]]:
-    from smet.sparse.memory import (active_weight_count, bytes_per_active_weight, estimate_activations,
-                                    method_configs, predict_static)
+def _group_key(p: dict) -> tuple:
+    """Points that share the dense baseline: same model, vocabulary, data shape, precision, checkpointing."""
+    return (p["label"], json.dumps(p["model_cfg"], sort_keys=True, default=str), p["vocab"], p["seq_len"],
+            p["batch"], p["precision"], p["ckpt"])
 
-    vocab = int(args.vocab if vocab is None else vocab)
-    ckpt = args.activation_checkpointing
-    if ckpt is None:
-        ckpt = bool(model_cfg.get("gradient_checkpointing", False))
-    rows = []
-    combos: list[tuple[str, float, str]] = [("dense", 1.0, "-")]
-    for method in args.method:
-        for d in args.density:
-            for mat in args.materialize:
-                combos.append((method, d, mat))
-    dense_total = None
-    for method, d, mat in combos:
-        scfg, ocfg = method_configs(method, d, block_size=args.block_size, materialize=mat if mat != "-" else "transient",
-                                    allocation=args.allocation)
-        pred = predict_static(model_cfg, scfg, ocfg, args.precision, vocab, args.seq_len)
-        active = active_weight_count(model_cfg, scfg, vocab, args.seq_len)
-        smat = None if method == "dense" else mat
-        act = estimate_activations(model_cfg, args.batch, args.seq_len, args.precision, ckpt, vocab,
-                                   sparse_materialize=smat)
-        if dense_total is None:
-            dense_total = pred["all"]["total"]
-        formula = bytes_per_active_weight(args.precision, method, args.block_size,
-                                          "transient" if method == "dense" else mat,
-                                          density=None if method == "dense" else d)
-        row = {
-            "model": model_name, "method": method, "density": d,
-            "materialize": smat,
-            "block_size": None if method == "dense" else args.block_size,
-            "allocation": None if method == "dense" else args.allocation,
-            "precision": args.precision, "batch": args.batch, "seq_len": args.seq_len, "vocab": vocab,
-            "activation_checkpointing": ckpt,
-            "static_bytes": pred["all"], "sparse_static_bytes": pred["sparse"],
-            "active_weights": active,
-            "bytes_per_active_weight": pred["sparse"]["total"] / active,
-            "bytes_per_active_weight_formula": formula,
-            "ratio_vs_dense": pred["all"]["total"] / dense_total,
-            "activations_estimate_bytes": act,
-            "peak_estimate_bytes": pred["all"]["total"] + act["total"],
-            "sparsity_cfg": scfg, "optimizer_cfg": {k: (list(v) if isinstance(v, tuple) else v) for k, v in ocfg.items()},
-        }
-        if model is not None:
-            row["model_label"] = model["label"]
-            row["model_overrides"] = model["overrides"]
-            row["params"] = model["params"]
-            lc = model["dims"]
-            row["model_dims"] = {k: getattr(lc, k) for k in ("hidden_size", "intermediate_size", "num_layers",
-                                                             "num_heads", "vocab_size")}
-        if gpu is not None:
-            budget = gpu["usable_bytes"]
-            static = pred["all"]["total"]
-            row["gpu"] = dict(gpu)
-            row["fits"] = row["peak_estimate_bytes"] <= budget
-            row["headroom_bytes"] = budget - row["peak_estimate_bytes"]
-            row["max_batch"] = {
-                "no_checkpointing": max_batch_that_fits(static, budget, model_cfg, args.seq_len, args.precision,
-                                                        False, vocab, smat),
-                "checkpointing": max_batch_that_fits(static, budget, model_cfg, args.seq_len, args.precision,
-                                                     True, vocab, smat)}
-        rows.append(row)
-    return rows
+
+def point_row(p: dict, scfg: dict, ocfg: dict, *, dense_total: int | None, gpu: dict | None,
+              extra: str = "") -> dict[str, Any]:
+    """One row: static prediction, active weights, bytes per active weight, activation estimate, fit."""
+    from smet.models.llama import model_shapes
+    from smet.sparse.memory import active_weight_count, bytes_per_active_weight, estimate_activations, predict_static
+
+    method = str(scfg.get("method", "dense"))
+    dense = method == "dense"
+    shapes = model_shapes(p["model_cfg"], p["vocab"], p["seq_len"])
+    precision, vocab, seq_len = p["precision"], p["vocab"], p["seq_len"]
+    pred = predict_static(shapes, scfg, ocfg, precision)
+    active = active_weight_count(shapes, scfg)
+    smat = None if dense else str(scfg.get("materialize", "transient"))
+    act = estimate_activations(p["model_cfg"], p["batch"], seq_len, precision, p["ckpt"], vocab,
+                               sparse_materialize=smat)
+    total = pred["all"]["total"]
+    row = {
+        "model": p["name"], "method": method, "variant": None if dense else scfg.get("variant"),
+        "density": 1.0 if dense else float(scfg["density"]), "materialize": smat,
+        "block_size": None if dense else int(scfg.get("block_size", 1)),
+        "allocation": None if dense else scfg.get("allocation", "uniform"),
+        "precision": precision, "batch": p["batch"], "seq_len": seq_len, "vocab": vocab,
+        "activation_checkpointing": p["ckpt"],
+        "static_bytes": pred["all"], "sparse_static_bytes": pred["sparse"],
+        "active_weights": active,
+        "bytes_per_active_weight": pred["sparse"]["total"] / active,
+        "bytes_per_active_weight_formula": bytes_per_active_weight(scfg, ocfg, precision),
+        "ratio_vs_dense": total / (total if dense_total is None else dense_total),
+        "activations_estimate_bytes": act,
+        "peak_estimate_bytes": total + act["total"],
+        "sparsity_cfg": scfg, "optimizer_cfg": ocfg,
+        "overrides": p["tokens"] if not dense else  # the baseline: this point's model / data / trainer
+        [t for t in p["tokens"] if not _override_key(t).startswith(("sparsity", "optimizer"))] + ["sparsity=dense"],
+        "label_extra": extra,
+        "model_label": p["label"], "model_overrides": p["overrides"], "params": p["params"],
+        "model_dims": p["dims"],
+    }
+    if gpu is not None:
+        budget = gpu["usable_bytes"]
+        row["gpu"] = dict(gpu)
+        row["fits"] = row["peak_estimate_bytes"] <= budget
+        row["headroom_bytes"] = budget - row["peak_estimate_bytes"]
+        row["max_batch"] = {
+            key: max_batch_that_fits(total, budget, p["model_cfg"], seq_len, precision, ckpt, vocab, smat)
+            for key, ckpt in (("no_checkpointing", False), ("checkpointing", True))}
+    return row
+
+
+def _label_extras(points: list[dict]) -> list[str]:
+    """Per point: the swept sparsity.* / optimizer.* overrides its label does not show (``k=v``)."""
+    swept: dict[str, set] = {}
+    for p in points:
+        for tok in p["tokens"]:
+            key = _override_key(tok)
+            if key.startswith(("sparsity.", "optimizer.")) and key not in LABELLED_KEYS:
+                swept.setdefault(key, set()).add(tok)
+    keys = [k for k, toks in swept.items() if len(toks) > 1]
+    out = []
+    for p in points:
+        parts = []
+        for tok in p["tokens"]:
+            key = _override_key(tok)
+            if key in keys:
+                parts.append(f"{key.split('.', 1)[1]}={tok.split('=', 1)[1]}")
+        out.append(" ".join(parts))
+    return out
+
+
+def compute_rows(points: Sequence, gpu: dict | None = None) -> list[dict[str, Any]]:
+    """Rows of the composed ``points`` (:class:`smet.compose.Point`): per model / vocabulary / data shape
+    / precision / checkpointing group, the dense AdamW baseline first, then the sparse points in grid
+    order (a dense point of the grid is the baseline itself)."""
+    resolved = [resolve_point(pt) for pt in points]
+    extras = _label_extras(resolved)
+    dense_s, dense_o = _dense_configs(str(conf_dir()))
+    groups: dict[tuple, list[dict]] = {}
+    for p, extra in zip(resolved, extras):
+        rows = groups.get(_group_key(p))
+        if rows is None:
+            rows = groups[_group_key(p)] = [point_row(p, dict(dense_s), dict(dense_o), dense_total=None, gpu=gpu)]
+        if p["sparsity"].get("method", "dense") != "dense":
+            rows.append(point_row(p, p["sparsity"], p["optimizer"], dense_total=rows[0]["static_bytes"]["total"],
+                                  gpu=gpu, extra=extra))
+    return [r for rows in groups.values() for r in rows]
 
 
 def _label(r: dict, wide: bool = True) -> str:
     if r["method"] == "dense":
         return "dense AdamW"
+    name = r["method"] + (f"_{r['variant']}" if r.get("variant") else "")  # smet_no_reset, ...
+    extra = f" {r['label_extra']}" if r.get("label_extra") else ""
     if wide:
-        return f"{r['method']} d={r['density']:g} b={r['block_size']} {r['materialize']} {r['allocation']}"
-    return f"{r['method']} d={r['density']:g}" + (" persistent" if r["materialize"] == "persistent" else "")
+        return f"{name} d={r['density']:g} b={r['block_size']} {r['materialize']} {r['allocation']}{extra}"
+    return f"{name} d={r['density']:g}" + (" persistent" if r["materialize"] == "persistent" else "") + extra
 
 
 BREAKDOWN = ("weights", "grads", "optimizer", "metadata", "compute copy")
@@ -473,10 +484,12 @@ def render(rows: list[dict], out=None, *, wide: bool = False, tty: bool | None =
     if tty is None:
         tty = bool(getattr(out, "isatty", lambda: False)())
     w = output_width(width)
-    by_model: dict[str, list[dict]] = {}
+    tables: dict[tuple, list[dict]] = {}  # one table per title (model, precision, data shape, checkpointing)
     for r in rows:
-        by_model.setdefault(r.get("model_label", r["model"]), []).append(r)
-    for i, rs in enumerate(by_model.values()):
+        key = (r.get("model_label", r["model"]), r["precision"], r["batch"], r["seq_len"], r["vocab"],
+               r["activation_checkpointing"])
+        tables.setdefault(key, []).append(r)
+    for i, rs in enumerate(tables.values()):
         if i:
             print(file=out)
         header = columns(wide, "fits" in rs[0])
@@ -509,57 +522,41 @@ def render(rows: list[dict], out=None, *, wide: bool = False, tty: bool | None =
 # ----------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     gpus = ", ".join(f"{k} {v:g}" for k, v in GPU_TABLE.items())
-    p = _Parser(
+    methods = " ".join(o for o in group_options("sparsity") if o != "base")
+
+    def fill(text: str, indent: str = "  ") -> str:
+        return textwrap.fill(text, 100, initial_indent=indent, subsequent_indent=indent)
+
+    p = OneLineParser(
         prog="smet-memory",
         description=textwrap.fill(
-            "Predict the training memory of a LLaMA preset: the dense AdamW baseline and compact sparse "
-            "configs (static / set / rigl / smet), without allocating the model. Static figures "
-            "(weights, grads, optimizer states, index + local-step metadata, persistent compute copy) are "
-            "exact for this code; activations and peak are labelled estimates. With --gpu / --gpu-mem it "
-            "says whether each config fits and the largest micro-batch that does.", 100),
+            "Predict the training memory of LLaMA configs composed from conf/ (conf/memory.yaml = conf/train.yaml "
+            "+ the planner's defaults), any key overridden or swept as for `python train.py -m`: the dense "
+            "AdamW baseline of each model / precision / data shape and every sparse point, without allocating "
+            "the model. Static figures (weights, grads, optimizer states, index + local-step metadata, "
+            "persistent compute copy) are exact for this code; activations and peak are labelled estimates. "
+            "With --gpu / --gpu-mem it says whether each config fits and the largest micro-batch that does.", 100),
         epilog="examples:\n"
-               "  smet-memory --model 350m --density 0.25 --precision bf16-true --batch 128 --seq-len 256\n"
-               "  smet-memory --model 1b_aligned 7b 13b --density 0.5 0.25 0.1 --precision bf16-true --json\n"
-               "  smet-memory model=13b sparsity=smet sparsity.density=0.25 --gpu-mem 80\n"
-               "  smet-memory --model 13b --hidden-size 4096 --heads 32 --layers 24 --density 0.25 --gpu h100-80gb\n"
-               "  smet-memory model=7b model.num_layers=16 sparsity.density=0.1,0.25 --gpu a100-40gb --wide\n"
-               "key=value overrides (like smet-train; they win over the flags): model=NAME, model.<key>=V\n"
-               + textwrap.fill(f"({', '.join(MODEL_KEYS)}),", 96, initial_indent="  ", subsequent_indent="  ")
-               + "\n"
-               "  sparsity=METHOD (dense: baseline only), sparsity.density=D[,D], sparsity.block_size=B,\n"
-               "  sparsity.materialize=M, sparsity.allocation=A, trainer.precision=P, data.batch_size=N,\n"
-               "  data.seq_len=N.\n"
-               + textwrap.fill(f"--gpu usable GiB (CUDA's reported total capacity, before --reserve): {gpus}.",
-                               96, subsequent_indent="  ") + "\n"
-               "Model presets are read from conf/model/<name>.yaml (env SMET_CONF_DIR overrides the conf dir).",
+               "  smet-memory model=350m sparsity.density=0.25 data.batch_size=128\n"
+               "  smet-memory model=350m,13b sparsity=smet sparsity.density=0.5,0.25 trainer.precision=bf16-true\n"
+               "  smet-memory model=7b sparsity=smet_no_reset sparsity.density=0.25 --json\n"
+               "  smet-memory model=13b sparsity=smet,set sparsity.density=0.25 --gpu-mem 80\n"
+               "  smet-memory model=13b model.hidden_size=4096 model.num_heads=32 model.num_layers=24 --gpu h100-80gb\n"
+               "  smet-memory model=7b model.num_layers=16 sparsity.density=0.1,0.25 sparsity.materialize=transient,"
+               "persistent \\\n      --gpu a100-40gb --wide\n"
+               "overrides (KEY=VALUE; a,b sweeps; the defaults are conf/memory.yaml's):\n"
+               + fill(f"model=NAME (required; {' '.join(available_presets())}), model.<key>=V (any model key: "
+                      "hidden_size, num_layers, num_heads, vocab_size, gradient_checkpointing, ...), "
+                      f"sparsity=METHOD ({methods}; dense: the baseline only), sparsity.<key>=V (density, "
+                      "block_size, materialize, allocation, targets, ...), optimizer.<key>=V, trainer.precision=P, "
+                      "data.batch_size=N, data.seq_len=N, data.tokenizer.vocab_size=V (model.vocab_size wins). The "
+                      "dense AdamW baseline is always shown.") + "\n"
+               + fill(f"--gpu usable GiB (CUDA's reported total capacity, before --reserve): {gpus}.", "") + "\n"
+               "Config dir: conf/ next to src/ (env SMET_CONF_DIR overrides it).",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="config overrides, e.g. model=13b model.num_layers=24 sparsity=smet sparsity.density=0.25")
-    p.add_argument("--model", nargs="+", metavar="NAME",
-                   help="model preset name(s) from conf/model (e.g. 130m 350m 1b_aligned 7b 13b), not a path "
-                        "(or model=NAME)")
-    p.add_argument("--density", nargs="+", type=float, metavar="D",
-                   help="target density/densities of the sparse layers, each in (0, 1] (or sparsity.density=D)")
-    p.add_argument("--method", nargs="+", default=["smet"], choices=METHOD_CHOICES,
-                   help="sparse method(s) (default: smet); the dense AdamW baseline is always shown")
-    p.add_argument("--precision", default="bf16-true", choices=PRECISION_CHOICES,
-                   help="Lightning precision: 32 / bf16-mixed / 16-mixed keep fp32 params and states (4 B), "
-                        "bf16-true keeps them in bf16 (2 B) (default: bf16-true)")
-    p.add_argument("--batch", type=int, default=8, help="micro-batch size per device (default: 8)")
-    p.add_argument("--seq-len", type=int, default=256, help="sequence length (default: 256)")
-    p.add_argument("--vocab", "--vocab-size", dest="vocab", type=int, default=None,
-                   help=f"vocabulary size (default: the preset's vocab_size, else {DEFAULT_VOCAB})")
-    for flag, key in MODEL_FLAGS.items():
-        p.add_argument(flag, dest=key, type=int, default=None, metavar="N",
-                       help=f"override the preset's {key} (= model.{key}=N)")
-    p.add_argument("--block-size", type=int, default=1, help="sparsity block size b, must divide the rows (default: 1)")
-    p.add_argument("--materialize", nargs="+", default=["transient"], choices=("transient", "persistent"),
-                   help="dense weight materialisation mode(s) (default: transient)")
-    p.add_argument("--allocation", default="uniform", choices=("uniform", "erk"),
-                   help="per-layer density allocation (default: uniform)")
-    p.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None,
-                   help="per-block activation checkpointing for the activation estimate (default: the preset's "
-                        "gradient_checkpointing)")
+                   help="config overrides / sweeps, e.g. model=13b model.num_layers=24 sparsity=smet "
+                        "sparsity.density=0.5,0.25")
     p.add_argument("--gpu", metavar="NAME", default=None,
                    help=f"GPU from the built-in table ({', '.join(GPU_TABLE)}): adds fits / max-batch columns")
     p.add_argument("--gpu-mem", type=float, metavar="GiB", default=None,
@@ -571,6 +568,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="full table: static breakdown (weights, grads, optimizer, metadata, compute copy) and full "
                         "config labels (wider than 120 columns)")
     p.add_argument("--json", action="store_true", help="print JSON records (bytes) instead of the table")
+    old = p.add_argument_group("older flags", "aliases of the overrides (KEY=VALUE wins over them)")
+    for flag, key in FLAG_ALIASES.items():
+        if flag == "--activation-checkpointing":
+            old.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"= {key}=true|false")
+        elif flag in ("--model", "--method", "--density", "--materialize"):
+            old.add_argument(flag, nargs="+", metavar="V", help=f"= {key}=V[,V]")
+        else:
+            old.add_argument(flag, *(["--vocab-size"] if flag == "--vocab" else []), dest=flag[2:].replace("-", "_"),
+                             metavar="V", help=f"= {key}=V")
     return p
 
 
@@ -579,36 +585,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     tokens = [a for a in argv if is_override(a)]
     args = parser.parse_args([a for a in argv if not is_override(a)])
+    explicit = tokens + list(args.overrides)
+    aliases, flags = flag_overrides(args, explicit)
+    overrides = aliases + explicit
     try:
-        args.src = {}
-        args.model_overrides = {key: (getattr(args, key), flag) for flag, key in MODEL_FLAGS.items()
-                                if getattr(args, key) is not None}
-        apply_overrides(args, tokens + list(args.overrides))
-        if not args.model:
-            raise CliError("--model", f"required: a preset name (or model=NAME); available: "
-                                      f"{', '.join(available_presets()) or '(none)'}")
-        if args.method and not args.density:
-            raise CliError("--density", "required for sparse methods (or sparsity.density=D; sparsity=dense shows "
-                                        "only the dense baseline)")
-        if not args.method:
-            args.density = args.density or [1.0]
-        for d in args.density:
-            check_density(d, args.src.get("density", "--density"))
-        for key, opt in (("batch", "--batch"), ("seq_len", "--seq-len"), ("vocab", "--vocab")):
-            v = getattr(args, key)
-            if v is not None and v < 1:
-                raise CliError(args.src.get(key, opt), f"must be a positive integer, got {v}")
-        for key, (v, opt) in args.model_overrides.items():
-            if MODEL_KEYS[key] is int and v < 1:
-                raise CliError(opt, f"must be a positive integer, got {v}")
         gpu = resolve_gpu(args)
-        models = [resolve_model(name, args) for name in args.model]
-        for m in models:
-            check_block_size(m["cfg"], args.block_size, args.src.get("block_size", "--block-size"))
-        rows = []
-        for m in models:
-            rows += compute_rows(m["name"], m["cfg"], args, vocab=m["vocab"], gpu=gpu, model=m)
-    except CliError as err:
+        from smet.compose import compose_points
+
+        if not any(_override_key(t) in ("model", "experiment") for t in overrides):
+            raise CliError("model", f"required: model=NAME[,NAME] (or +experiment=NAME); available: "
+                                    f"{', '.join(available_presets())}")
+        try:
+            _precheck_groups(overrides)
+            rows = compute_rows(compose_points(overrides, config_name=CONFIG_NAME), gpu)
+        except SmetConfigError as err:
+            raise config_error(err, flags, explicit) from None
+    except SmetConfigError as err:
         print(f"smet-memory: error: {err}", file=sys.stderr)
         return 2
     try:

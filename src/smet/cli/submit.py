@@ -46,11 +46,14 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from smet.cli.args import die
+from smet.errors import SmetConfigError, SmetInputError
+
 PROG = "smet-submit"
 
 
-class SubmitError(Exception):
-    """Bad input: printed as one line, exit code 2."""
+class SubmitError(SmetInputError):
+    """Bad input (a :class:`~smet.errors.SmetConfigError`): printed as one line, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,7 +128,7 @@ def sbatch_options(args, n_tasks: int, sweep_dir: Path, experiment: str | None) 
         try:
             opts["time"] = check_time(args.time)
         except RenderError as e:
-            raise SubmitError(str(e)) from None
+            raise SubmitError(str(e), key=e.key) from None
     if args.cpus_per_task:
         opts["cpus-per-task"] = str(args.cpus_per_task)
     if args.mem:
@@ -172,7 +175,7 @@ def sbatch_options(args, n_tasks: int, sweep_dir: Path, experiment: str | None) 
             try:
                 check_time(value)
             except RenderError as e:
-                raise SubmitError(str(e)) from None
+                raise SubmitError(str(e), key=e.key) from None
         opts[name] = value
     return opts
 
@@ -215,7 +218,7 @@ def plan(argv: Sequence[str] | None = None):
     try:
         grid = expand(overrides)
     except GridError as e:
-        raise SubmitError(str(e)) from None
+        raise SubmitError(str(e), key=e.key) from None
     sweep_dir = Path(args.sweep_dir or grid.sweep_dir).expanduser()
     sweep_dir = sweep_dir if sweep_dir.is_absolute() else Path.cwd() / sweep_dir
     manifest = sweep_dir / "manifest.txt"
@@ -233,7 +236,7 @@ def plan(argv: Sequence[str] | None = None):
         text = render(tpl.read_text(), opts, dict(zip(RENDERED_VARS, (str(repo), python, str(manifest)))),
                       note=note, setup=setup)
     except RenderError as e:
-        raise SubmitError(str(e)) from None
+        raise SubmitError(str(e), key=e.key) from None
     notes.append(f"environment setup from {setup_from}: "
                  + ("; ".join(x for x in setup.splitlines() if x.strip()) or "none"))
     return args, grid, sweep_dir, manifest, script, text, lines, opts, notes
@@ -284,9 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         if not args.dry_run:
             write(grid, sweep_dir, manifest, script, text, lines, info)
-    except SubmitError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
+    except SmetConfigError as e:  # SubmitError, GridError, RenderError are ones
+        return die(PROG, e)
 
     for n in notes:
         print(f"{PROG}: note: {n}")

@@ -35,6 +35,18 @@ def _output_dir(cfg: DictConfig) -> Path:
         return Path("outputs") / time.strftime("%Y-%m-%d/%H-%M-%S")
 
 
+def _launch_dir() -> str | None:
+    """The directory ``train.py`` was launched from (Hydra's ``runtime.cwd``; the job may have changed
+    directory with ``hydra.job.chdir=true``), else None. The data module resolves a relative
+    ``data.path`` against it."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get().runtime.cwd if HydraConfig.initialized() else None
+    except Exception:  # not under Hydra
+        return None
+
+
 def _quiet_third_party() -> None:
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
@@ -222,8 +234,20 @@ def build_trainer(cfg: DictConfig, run_dir: Path, tokens_per_step: int, flops_pe
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Validate, build data/model/trainer, fit, print and return the summary."""
-    validate(cfg)  # cheap checks first: bad input fails here, before any compute
+    """One training run, as named steps: check the config, prepare the data and the run directory,
+    build the module and the trainer, fit, then summarise (summary.json, console, W&B)."""
+    run_dir, ckpt_path = check_run(cfg)
+    dm, resolved = prepare_data(cfg, run_dir)
+    module, trainer, loggers, fpt, active_fpt = build_run(cfg, resolved, dm, run_dir)
+    wall = fit(cfg, module, trainer, dm, run_dir, ckpt_path, resolved, fpt, active_fpt)
+    summary = summarize(cfg, module, trainer, dm, run_dir, resolved, wall)
+    return report(summary, loggers, trainer, run_dir)
+
+
+def check_run(cfg: DictConfig) -> tuple[Path, str | None]:
+    """Cheap checks first (bad input fails here, before any compute): the config, the output dir,
+    the checkpoint to resume from. Returns (run dir, resolved ckpt path or None)."""
+    validate(cfg)
     if get(cfg, "data.global_batch_size") is not None:
         cfg.trainer.accumulate_grad_batches = global_batch_layout(cfg)
     run_dir = check_output_dir(_output_dir(cfg))
@@ -231,16 +255,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if ckpt_path:
         check_resume_compatible(ckpt_path, cfg)
         log.info("resuming from %s", ckpt_path)
+    return run_dir, ckpt_path
 
+
+def prepare_data(cfg: DictConfig, run_dir: Path):
+    """Seed, tokenise (or load the cache) and write the run's config.yaml and tokenizer.json.
+    Returns (datamodule, the resolved and redacted run config)."""
     _quiet_third_party()
     import lightning as L
     import torch
 
     from smet.data import build_datamodule
-    from smet.lightning.module import LMModule
-    from smet.models.llama import flops_per_token
 
-    dm = build_datamodule(cfg.data)  # validates data keys (e.g. data.path) without heavy work
+    dm = build_datamodule(cfg.data, base_dir=_launch_dir())  # validates data keys (e.g. data.path); cheap
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     if t_threads := get(cfg, "trainer.cpu_threads"):
         torch.set_num_threads(int(t_threads))
@@ -261,22 +288,34 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     keep_run_tokenizer(run_dir, dm, resolved)  # <run>/tokenizer.json + its sha256 as config `tokenizer:`
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    return dm, resolved
+
+
+def build_run(cfg: DictConfig, resolved: dict, dm, run_dir: Path):
+    """The LightningModule (model, controller, optimizer via smet.build.build_training), the loggers
+    and the trainer. Returns (module, trainer, loggers, FLOPs/token dense, FLOPs/token active)."""
+    from smet.lightning.module import LMModule
+    from smet.models.llama import flops_per_token
 
     module = LMModule(resolved, vocab_size=dm.vocab_size, defer_init=defer_init(cfg))
-    mcfg = module.model.config
     if get(cfg, "trainer.compile"):
         module.model.compile()
-
     loggers = build_loggers(cfg, resolved, run_dir)
     tokens_per_step = (int(cfg.data.batch_size) * int(cfg.data.seq_len) * int(cfg.trainer.accumulate_grad_batches)
                        * world_size(cfg))
-    fpt = flops_per_token(mcfg)
+    fpt = flops_per_token(module.model.config)
     active_fpt = 6.0 * module.sparse.active_params_excluding_embedding() if module.sparse is not None else None
     trainer = build_trainer(cfg, run_dir, tokens_per_step, fpt, active_fpt, loggers, sparse=module.sparse is not None)
+    return module, trainer, loggers, fpt, active_fpt
 
-    n_params = module.model.num_params()
+
+def fit(cfg: DictConfig, module, trainer, dm, run_dir: Path, ckpt_path: str | None, resolved: dict, fpt: float,
+        active_fpt: float | None) -> float:
+    """Train to trainer.max_steps (or resume); a non-finite stop exits 3, an interrupt 128+signal;
+    a final validation when the last step had none. Returns the wall time in seconds."""
     if trainer.is_global_zero:
-        log.info("%s", model_line(resolved, module, n_params, dm.vocab_size, fpt, active_fpt, run_dir))
+        log.info("%s", model_line(resolved, module, module.model.num_params(), dm.vocab_size, fpt, active_fpt,
+                                  run_dir))
     t0 = time.time()
     fit_kwargs = {"weights_only": True} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, **fit_kwargs)
@@ -291,8 +330,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         _finish_interrupted(interrupt, trainer, run_dir, time.time() - t0)
     if getattr(module, "last_val_step", None) != trainer.global_step:
         trainer.validate(module, datamodule=dm, verbose=False)
-    wall = time.time() - t0
+    return time.time() - t0
 
+
+def summarize(cfg: DictConfig, module, trainer, dm, run_dir: Path, resolved: dict, wall: float) -> dict[str, Any]:
+    """The run's summary (what summary.json, the console and smet-compare read)."""
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if hasattr(v, "__float__")}
     tp = next((c for c in trainer.callbacks if c.__class__.__name__ == "ThroughputMonitor"), None)
     sc = next((c for c in trainer.callbacks if c.__class__.__name__ == "SparsityCallback"), None)
@@ -309,7 +351,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "devices": world_size(cfg),
         "strategy": str(get(cfg, "trainer.strategy", "auto")),
         "wall_s": round(wall, 1),
-        "params": n_params,
+        "params": module.model.num_params(),
         "method": (resolved.get("sparsity") or {}).get("method", "dense"),
         "density": module.sparse.density() if module.sparse is not None else 1.0,
         "spike_mean": (sum(v for _, v in sc.spikes) / len(sc.spikes)) if sc and sc.spikes else None,
@@ -321,6 +363,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "checkpoint_dir": str(run_dir / "checkpoints"),
         "wandb_dir": None,
     }
+    final_ok = summary["val_ppl"] is not None and math.isfinite(summary["val_ppl"])
+    summary["status"] = "ok" if final_ok else "nonfinite"
+    return summary
+
+
+def report(summary: dict[str, Any], loggers: list, trainer, run_dir: Path) -> dict[str, Any]:
+    """W&B summary and finish, summary.json, the console summary; a non-finite result exits 3."""
+    final_ok = summary["status"] == "ok"
     for lg in loggers:
         if lg.__class__.__name__ == "WandbLogger":
             try:
@@ -330,8 +380,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                               and k not in ("val_loss", "val_ppl")})
             except Exception:  # pragma: no cover - wandb disabled
                 pass
-    final_ok = summary["val_ppl"] is not None and math.isfinite(summary["val_ppl"])
-    summary["status"] = "ok" if final_ok else "nonfinite"
     if trainer.is_global_zero:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         _print_summary(summary, next_commands=not _is_multirun_job() and final_ok)

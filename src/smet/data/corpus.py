@@ -270,18 +270,6 @@ class PackagedCorpus:
 # --------------------------------------------------------------------------- local files
 
 
-def _original_cwd() -> str | None:
-    """Hydra's launch directory when running under Hydra with chdir, else None."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        if HydraConfig.initialized():
-            return HydraConfig.get().runtime.cwd
-    except Exception:  # pragma: no cover - hydra missing or not initialised
-        return None
-    return None
-
-
 def _walk_dir(root: Path) -> list[Path]:
     """Every non-hidden file below ``root``, following symlinks, but each real directory and each
     real file once: a symlink loop or a second link to the same data cannot multiply the corpus."""
@@ -329,13 +317,15 @@ def _ext(path: Path) -> str:
     return path.suffix.lower()
 
 
-def resolve_files(path_str: str) -> tuple[list[Path], Path]:
-    """Resolve ``data.path`` into a sorted list of supported files and the corpus root."""
+def resolve_files(path_str: str, base_dir: str | os.PathLike | None = None) -> tuple[list[Path], Path]:
+    """Resolve ``data.path`` into a sorted list of supported files and the corpus root.
+
+    A relative path that does not exist here is looked up under ``base_dir`` when given (the
+    caller's launch directory, e.g. Hydra's ``runtime.cwd`` when the job changed directory)."""
     expanded = os.path.expandvars(os.path.expanduser(path_str))
     if not os.path.isabs(expanded):
-        base = _original_cwd()
-        if base is not None and not os.path.exists(expanded):
-            expanded = os.path.join(base, expanded)
+        if base_dir is not None and not os.path.exists(expanded):
+            expanded = os.path.join(os.fspath(base_dir), expanded)
     supported = ", ".join(SUPPORTED_EXTS)
 
     if glob.has_magic(expanded):
@@ -384,13 +374,13 @@ class LocalFilesCorpus:
     kind = "local_files"
 
     def __init__(self, path: str, text_field: str, val_fraction: float, cache_dir: Path,
-                 name: str = "local_files"):
+                 name: str = "local_files", base_dir: str | os.PathLike | None = None):
         self.name = name
         self.path_str = path
         self.text_field = text_field
         self.val_fraction = val_fraction
         self.hf_cache_dir = Path(cache_dir) / "hf_datasets"
-        self.files, self.root = resolve_files(path)
+        self.files, self.root = resolve_files(path, base_dir)
         self.single_text_file = len(self.files) == 1 and _ext(self.files[0]) in TEXT_EXTS
         self._fingerprint: str | None = None
         self._split: CorpusSplit | None = None
@@ -533,13 +523,16 @@ class LocalFilesCorpus:
         return split
 
 
-def make_corpus(cfg) -> EmbeddedCorpus | PackagedCorpus | LocalFilesCorpus | None:
-    """Corpus object for ``cfg`` (a DataConfig); None for hub (streamed elsewhere)."""
+def make_corpus(cfg, base_dir: str | os.PathLike | None = None
+                ) -> EmbeddedCorpus | PackagedCorpus | LocalFilesCorpus | None:
+    """Corpus object for ``cfg`` (a DataConfig); None for hub (streamed elsewhere). ``base_dir``:
+    where a relative ``data.path`` missing here is looked up (see :func:`resolve_files`)."""
     if cfg.source == "embedded":
         corpora = getattr(cfg, "corpora", None)
         if corpora is None or tuple(corpora) == ("kjv",):  # the default: KJV alone (same cache keys as ever)
             return EmbeddedCorpus(cfg.val_fraction, name=cfg.name)
         return PackagedCorpus(corpora, cfg.val_fraction, name=cfg.name)
     if cfg.source == "local_files":
-        return LocalFilesCorpus(cfg.path, cfg.text_field, cfg.val_fraction, cfg.cache_path, name=cfg.name)
+        return LocalFilesCorpus(cfg.path, cfg.text_field, cfg.val_fraction, cfg.cache_path, name=cfg.name,
+                                base_dir=base_dir)
     return None

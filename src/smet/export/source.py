@@ -22,13 +22,15 @@ from typing import Any
 
 import torch
 
-from smet.lightning.checkpoint_io import checkpoint_problem
+from smet.checkpoints import checkpoint_problem
+from smet.errors import SmetInputError
 
 log = logging.getLogger("smet.export")
 
 
-class ExportError(ValueError):
-    """Bad input for the exporter (missing/corrupt checkpoint, unusable --out ...): one clear line."""
+class ExportError(SmetInputError):
+    """Bad input for the exporter (missing/corrupt checkpoint, unusable --out ...): one clear line
+    (a :class:`~smet.errors.SmetConfigError`; ``key`` is the leading path or option)."""
 
 
 # ----------------------------------------------------------------------------- locating
@@ -196,15 +198,13 @@ def install_sparse_layers(model, specs: dict[str, dict], where: Any) -> None:
         try:
             with torch.device("meta"):
                 layer = SparseLinear(shape[1], shape[0], n_active_blocks=max(1, min(n_live, cap)),
-                                     block_size=int(s["block_size"]), materialize=mode, capacity=cap)
+                                     block_size=int(s["block_size"]), materialize=mode, capacity=cap,
+                                     name=name, final_count=n_live)
         except ValueError as e:
             raise ExportError(f"{where}: sparse layer {name}: {e}") from None
         if not 0 <= n_live <= cap:
             raise ExportError(f"{where}: sparse layer {name}: n_live {n_live} outside [0, capacity {cap}]")
         layer.n_live = n_live
-        layer.final_count = n_live
-        layer.final_density = n_live / layer.n_blocks_total
-        layer.name = name
         setattr(parent, attr, layer)
 
 

@@ -10,9 +10,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from smet.models.llama import build_model
-from smet.optim import build_optimizer, lr_lambda
-from smet.sparse import attach_sparsity
+from smet.build import Training, build_training
 
 log = logging.getLogger("smet")
 
@@ -69,22 +67,13 @@ class LMModule(L.LightningModule):
         # logger=False: the loggers get the run config once, at their creation (W&B showed it twice, also as `cfg`)
         self.save_hyperparameters({"cfg": cfg, "vocab_size": vocab_size}, logger=False)
         self.cfg = cfg
-        scfg = cfg.get("sparsity") or {"method": "dense"}
-        total, seed = int(cfg["trainer"]["max_steps"]), int(cfg.get("seed", 0))
         self._deferred_init = bool(defer_init)
-        if self._deferred_init:
-            from smet.build import build_meta
-
-            # the controller (None for dense) holds meta compact layers until configure_model
-            self.model, self.sparse = build_meta(cfg["model"], scfg, total_steps=total, seed=seed,
-                                                 vocab_size=vocab_size, max_seq_len=cfg["data"]["seq_len"])
-        else:
-            self.model = build_model(cfg["model"], vocab_size=vocab_size, max_seq_len=cfg["data"]["seq_len"])
-            # None for the dense baseline; else the controller of the compact sparse layers
-            self.sparse = attach_sparsity(self.model, scfg, total_steps=total, seed=seed)
-        if self.sparse is not None:
-            precision = str(cfg["trainer"].get("precision", "32"))
-            self.sparse.set_dense_dtype(torch.bfloat16 if precision.startswith("bf16") else torch.float32)
+        # smet.build: Lightning places and converts the model (device=None); deferred: the controller
+        # holds meta compact layers until configure_model. The optimizer comes in configure_optimizers.
+        self._built: Training = build_training(cfg, None, vocab_size=vocab_size, defer=self._deferred_init)
+        self.model = self._built.model
+        # None for the dense baseline; else the controller of the compact sparse layers
+        self.sparse = self._built.controller
         self.last_loss: torch.Tensor | None = None
         # non-finite loss/gradients: skip the step (default), stop with a checkpoint, or off
         self.nonfinite_policy = str(cfg["trainer"].get("on_nonfinite", "skip"))
@@ -103,9 +92,7 @@ class LMModule(L.LightningModule):
         """Allocate and initialise a meta-built model on ``device`` (no-op when already done)."""
         if not getattr(self, "_deferred_init", False):
             return
-        from smet.build import materialize
-
-        materialize(self.model, self.sparse, device)
+        self._built.materialize(device)
         self._deferred_init = False
 
     def configure_model(self) -> None:
@@ -220,8 +207,6 @@ class LMModule(L.LightningModule):
 
     # ----------------------------------------------------------------- optimizer
     def configure_optimizers(self):
-        ocfg = self.cfg["optimizer"]
-        optimizer = build_optimizer(self.model, ocfg, sparse=self.sparse)
-        total = int(self.cfg["trainer"]["max_steps"])
-        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(ocfg, total))
+        optimizer = self._built.build_optimizer()  # on the strategy's device, after precision conversion
+        sched = self._built.scheduler(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}

@@ -246,3 +246,38 @@ def build_model(cfg_model, vocab_size: int | None = None, max_seq_len: int | Non
     cfg.warn_alignment()
     return LlamaForCausalLM(cfg)
 
+
+
+_META_CACHE: dict[tuple, LlamaForCausalLM] = {}
+
+
+def meta_model(cfg_model, vocab_size: int | None = None, max_seq_len: int | None = None) -> LlamaForCausalLM:
+    """The model on ``torch.device("meta")``: shapes only, no storage (cached per config; treat the
+    returned module as read-only). ``vocab_size`` / ``max_seq_len`` fill a config's ``auto`` / null."""
+    d = dict(cfg_model)
+    if vocab_size is not None and d.get("vocab_size") in (None, "auto"):
+        d["vocab_size"] = int(vocab_size)
+    if max_seq_len is not None and d.get("max_seq_len") in (None, "auto"):
+        d["max_seq_len"] = int(max_seq_len)
+    cfg = LlamaConfig.from_dict(d)
+    key = tuple(sorted(cfg.to_dict().items()))
+    model = _META_CACHE.get(key)
+    if model is None:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with torch.device("meta"):
+                model = LlamaForCausalLM(cfg)
+        if len(_META_CACHE) > 16:
+            _META_CACHE.clear()
+        _META_CACHE[key] = model
+    return model
+
+
+def model_shapes(cfg_model, vocab_size: int | None = None, max_seq_len: int | None = None):
+    """The memory model's description of this model (``smet.sparse.memory.ModelShapes``), read from
+    a meta-device build: nothing is allocated."""
+    from smet.sparse.memory import ModelShapes
+
+    return ModelShapes.of(meta_model(cfg_model, vocab_size, max_seq_len))

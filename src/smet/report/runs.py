@@ -21,6 +21,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from smet.errors import SmetConfigError
+
 MIB = float(2**20)
 SPARSE_OPT_KEYS = ("regrowth_warmup_steps", "lr_scaling", "lr_scaling_scope", "reset_local_step", "reset_moments",
                    "warmup_shape")
@@ -31,12 +33,13 @@ RUNNING_WITHIN_S = 900.0
 STATUSES = ("finished", "running", "interrupted", "crashed")
 
 
-class ReportError(Exception):
-    """Bad input (path, option, W&B access): printed as one line, exit code 2."""
+class ReportError(SmetConfigError):
+    """Bad input (path, option, W&B access): printed as one line, exit code 2. ``key`` (= ``where``)
+    names the path or option."""
 
     def __init__(self, where: str, message: str):
         self.where = where
-        super().__init__(f"{where}: {message}")
+        super().__init__(where, message)
 
 
 Series = tuple[np.ndarray, np.ndarray]  # (steps int64, values float64), sorted by step, unique steps

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from smet.errors import SmetInputError
+
 CONFIG_NAME = "train"  # conf/train.yaml, the config train.py's @hydra.main uses
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
@@ -35,8 +37,9 @@ _REFUSED_HYDRA = (
 _CONSUMED_HYDRA = re.compile(r"^hydra\.sweep\.dir$|^hydra\.sweeper(\.|$)")
 
 
-class GridError(Exception):
-    """Bad experiment name or override: printed as one line, exit code 2."""
+class GridError(SmetInputError):
+    """Bad experiment name or override (a :class:`~smet.errors.SmetConfigError`): printed as one
+    line, exit code 2."""
 
 
 @dataclass
@@ -48,6 +51,7 @@ class Grid:
     sweep_dir: str = ""  # hydra.sweep.dir as composed (relative paths are relative to the cwd)
     experiment: str | None = None
     config: Any = None  # the primary (multirun) config, hydra node included
+    configs: list = field(default_factory=list)  # each task's composed config (as its job would see it)
 
     def lines(self) -> list[str]:
         """Manifest lines: each task's overrides, shell-quoted (``shlex.split`` gives them back)."""
@@ -100,8 +104,10 @@ def _precheck(parsed, conf: Path) -> None:
                     raise GridError(f"unknown experiment {value!r}; choose one of: {', '.join(experiments)}")
 
 
-def expand(overrides: list[str], conf: Path | None = None, check_values: bool = True) -> Grid:
-    """Compose ``train`` with ``overrides`` in multirun mode and expand its sweep grid.
+def expand(overrides: list[str], conf: Path | None = None, check_values: bool = True,
+           config_name: str = CONFIG_NAME) -> Grid:
+    """Compose ``config_name`` (default ``train``) with ``overrides`` in multirun mode and expand its
+    sweep grid.
 
     Raises :class:`GridError` (one line) for a bad override, an unknown experiment/group option or
     key, a sweeper other than Hydra's basic one, or a task whose composed config fails smet's checks.
@@ -120,8 +126,8 @@ def expand(overrides: list[str], conf: Path | None = None, check_values: bool = 
     from smet.errors import SmetConfigError
 
     conf = Path(conf) if conf is not None else conf_dir()
-    if not (conf / f"{CONFIG_NAME}.yaml").is_file():
-        raise GridError(f"no {CONFIG_NAME}.yaml in config dir {conf} (set SMET_REPO or SMET_CONF_DIR)")
+    if not (conf / f"{config_name}.yaml").is_file():
+        raise GridError(f"no {config_name}.yaml in config dir {conf} (set SMET_REPO or SMET_CONF_DIR)")
     overrides = list(overrides)
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
@@ -133,16 +139,16 @@ def expand(overrides: list[str], conf: Path | None = None, check_values: bool = 
     try:  # `+sparsity.densty=0.1` adds a key nothing reads: refused as train.py refuses it
         check_appended_keys(overrides, conf)
     except PreflightError as e:
-        raise GridError(str(e)) from None
+        raise GridError(str(e), key=e.key) from None
 
     setup_globals()  # Hydra's resolvers (${now:...} in hydra.sweep.dir)
     if GlobalHydra.instance().is_initialized():  # pragma: no cover - a caller left Hydra initialised
         GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(conf), version_base=None, job_name=CONFIG_NAME):
+    with initialize_config_dir(config_dir=str(conf), version_base=None, job_name=config_name):
         hydra = GlobalHydra.instance().hydra
         assert hydra is not None
         try:
-            cfg = hydra.compose_config(config_name=CONFIG_NAME, overrides=overrides, run_mode=RunMode.MULTIRUN,
+            cfg = hydra.compose_config(config_name=config_name, overrides=overrides, run_mode=RunMode.MULTIRUN,
                                        from_shell=True, with_log_configuration=False)
         except (HydraException, OmegaConfBaseException, ValueError) as e:
             raise GridError(one_line(e)) from None
@@ -169,13 +175,15 @@ def expand(overrides: list[str], conf: Path | None = None, check_values: bool = 
                 passthrough.append(line)
 
         # BasicSweeper.validate_batch_is_legal: every job must compose; then smet's own value checks
+        configs = []
         for i, task in enumerate(tasks):
             try:
                 job_cfg = hydra.config_loader.load_sweep_config(cfg, list(task))
+                configs.append(job_cfg)
                 if check_values:
                     validate(job_cfg)
             except SmetConfigError as e:
-                raise GridError(f"task {i} ({' '.join(task)}): {e}") from None
+                raise GridError(f"task {i} ({' '.join(task)}): {e}", key=e.key) from None
             except (HydraException, OmegaConfBaseException, ValueError) as e:
                 raise GridError(f"task {i} ({' '.join(task)}): {one_line(e)}") from None
 
@@ -185,4 +193,4 @@ def expand(overrides: list[str], conf: Path | None = None, check_values: bool = 
             raise GridError(f"hydra.sweep.dir: {one_line(e)}") from None
         experiment = OmegaConf.select(cfg, "experiment_name", default=None)
     return Grid(tasks=tasks, passthrough=passthrough, sweep_dir=sweep_dir,
-                experiment=str(experiment) if experiment else None, config=cfg)
+                experiment=str(experiment) if experiment else None, config=cfg, configs=configs)

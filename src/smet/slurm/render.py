@@ -12,6 +12,8 @@ import re
 import shlex
 from pathlib import Path
 
+from smet.errors import SmetInputError
+
 TEMPLATES = {"cpu": "array_cpu.sbatch", "gpu": "array_gpu.sbatch", "ddp": "ddp.sbatch"}
 RENDERED_VARS = ("SMET_RENDERED_REPO", "SMET_RENDERED_PYTHON", "SMET_RENDERED_MANIFEST")
 _SBATCH = re.compile(r"^#SBATCH\s+--([A-Za-z0-9-]+)(?:=(\S+))?(\s+#.*)?\s*$")
@@ -23,8 +25,9 @@ _SETUP = re.compile(r'^eval "\$\{SMET_SLURM_SETUP:-\}"\s+# SMET_SETUP\b.*$')
 EXCLUSIVE = ({"mem", "mem-per-cpu", "mem-per-gpu"},)
 
 
-class RenderError(Exception):
-    """A template that does not look like one of ours, or a bad option value."""
+class RenderError(SmetInputError):
+    """A template that does not look like one of ours, or a bad option value (a
+    :class:`~smet.errors.SmetConfigError`: one line, exit code 2)."""
 
 
 def sbatch_options(text: str) -> dict[str, str | None]:

@@ -5,22 +5,40 @@ Usable in a plain PyTorch loop::
     ctrl = attach_sparsity(model, {"method": "smet", "density": 0.25}, total_steps=10_000)
     opt = build_smet_optimizer(model, {"lr": 2e-3, "regrowth_warmup_steps": 100, "lr_scaling": "inverse"}, ctrl)
     for step in range(1, 10_001):
-        ctrl.before_step(step)
-        loss = model.loss(x, y); loss.backward()
-        opt.step(); opt.zero_grad(set_to_none=True)
-        ctrl.after_step(step)          # prune/regrow when an update is due
+        loss, info = train_step(model, ctrl, opt, x, y, step)   # info: topology update metrics or None
+
+``train_step`` (``smet.sparse.step``) is the reference step: ``ctrl.before_step(step)``, forward,
+backward, ``opt.step()``, ``opt.zero_grad(set_to_none=True)``, ``ctrl.after_step(step)`` (prune/regrow
+when an update is due). ``smet.build.build_training`` builds model + controller + optimizer from a
+run config.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import importlib
+from typing import TYPE_CHECKING, Any, Mapping
 
-from smet.sparse.layer import SparseLinear
-from smet.sparse.optimizer import SMETOptimizer, build_smet_optimizer
-from smet.sparse.topology import SparseController, SparsityConfig, sparsify_model
+if TYPE_CHECKING:
+    from smet.sparse.layer import SparseLinear
+    from smet.sparse.optimizer import SMETOptimizer, build_smet_optimizer
+    from smet.sparse.step import train_step
+    from smet.sparse.topology import SlotStateObserver, SparseController, SparsityConfig, sparsify_model
 
-__all__ = ["SparseLinear", "SMETOptimizer", "SparseController", "SparsityConfig", "attach_sparsity",
-           "build_smet_optimizer", "sparsify_model"]
+__all__ = ["SparseLinear", "SMETOptimizer", "SlotStateObserver", "SparseController", "SparsityConfig",
+           "attach_sparsity", "build_smet_optimizer", "sparsify_model", "train_step"]
+
+# loaded on first use, so that the torch-free parts (smet.sparse.config, smet.sparse.errors) import fast
+_LAZY = {"SparseLinear": "layer", "SMETOptimizer": "optimizer", "build_smet_optimizer": "optimizer",
+         "SparseController": "topology", "SparsityConfig": "topology", "sparsify_model": "topology",
+         "SlotStateObserver": "topology", "train_step": "step"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"smet.sparse.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def attach_sparsity(model, sparsity_cfg: Mapping[str, Any] | None, total_steps: int = 1, seed: int = 0,
@@ -31,6 +49,8 @@ def attach_sparsity(model, sparsity_cfg: Mapping[str, Any] | None, total_steps: 
     ``device``: see :func:`~smet.sparse.topology.sparsify_model` (``"meta"``: build without
     allocating; ``smet.build`` uses it).
     """
+    from smet.sparse.topology import SparsityConfig, sparsify_model
+
     cfg = dict(sparsity_cfg or {})
     if cfg.get("method", "dense") == "dense":
         return None

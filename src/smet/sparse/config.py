@@ -1,13 +1,14 @@
 """Schema checks for the ``sparsity`` config group and the SMET optimizer keys (no Hydra import).
 
-Each failure raises SmetConfigError naming the key, before any compute.
+Each failure raises :class:`~smet.sparse.errors.ConfigError` (``smet.errors.SmetConfigError``)
+naming the key, before any compute. No other smet package is imported (the core stands alone).
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-from smet.errors import SmetConfigError
+from smet.sparse.errors import ConfigError as SmetConfigError
 
 METHODS = ("dense", "static", "set", "rigl", "smet")
 GROWTH = ("random", "gradient", "none")
@@ -36,6 +37,22 @@ def _choice(sp: Mapping, key: str, options, prefix: str) -> None:
         raise SmetConfigError(f"{prefix}.{key}", f"unknown value {v!r}; choose one of {', '.join(options)}")
 
 
+def check_block_size(block_size: Any, row_lengths: Mapping[str, Any] | None = None,
+                     key: str = "sparsity.block_size", where: str = "") -> int:
+    """The one block-size check: a positive integer that divides every row length.
+
+    ``row_lengths`` maps a name (as printed, e.g. ``model.hidden_size``) to a row length; entries
+    that are not integers are skipped. Raises :class:`ConfigError` naming ``key``, e.g.
+    ``sparsity.block_size: 3 does not divide the row length model.hidden_size=64{where}``.
+    """
+    if not _is_int(block_size) or block_size < 1:
+        raise SmetConfigError(key, f"must be a positive integer, got {block_size!r}")
+    for name, dim in (row_lengths or {}).items():
+        if _is_int(dim) and dim % block_size:
+            raise SmetConfigError(key, f"{block_size} does not divide the row length {name}={dim}{where}")
+    return block_size
+
+
 def check_sparsity_config(sp: Mapping, opt: Mapping, model: Mapping | None = None) -> None:
     method = sp.get("method", "dense")
     if method not in METHODS:
@@ -48,15 +65,8 @@ def check_sparsity_config(sp: Mapping, opt: Mapping, model: Mapping | None = Non
     for key, opts in (("growth", GROWTH), ("materialize", MATERIALIZE), ("allocation", ALLOCATION),
                       ("drop_schedule", DROP_SCHEDULES)):
         _choice(sp, key, opts, "sparsity")
-    b = sp.get("block_size", 1)
-    if not _is_int(b) or b < 1:
-        raise SmetConfigError("sparsity.block_size", f"must be a positive integer, got {b!r}")
-    if model:
-        for dim_key in ("hidden_size", "intermediate_size"):
-            dim = model.get(dim_key)
-            if _is_int(dim) and dim % b:
-                raise SmetConfigError("sparsity.block_size",
-                                      f"{b} does not divide the row length model.{dim_key}={dim}")
+    b = check_block_size(sp.get("block_size", 1),
+                         {f"model.{k}": (model or {}).get(k) for k in ("hidden_size", "intermediate_size")})
     ui = sp.get("update_interval")
     if not _is_int(ui) or ui <= 0:
         raise SmetConfigError("sparsity.update_interval", f"must be a positive integer, got {ui!r}")

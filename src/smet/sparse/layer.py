@@ -106,7 +106,12 @@ class SparseLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, n_active_blocks: int, block_size: int = 1,
                  materialize: str = "transient", capacity: int | None = None, dense_dtype: torch.dtype | None = None,
-                 device=None, dtype=None):
+                 device=None, dtype=None, *, name: str = "", final_count: int | None = None):
+        """``n_active_blocks``: live blocks now; ``capacity``: block slots (default: ``n_active_blocks``);
+        ``final_count``: the live blocks the density schedule ends at (default: ``n_active_blocks``;
+        ``SparseController`` interpolates between ``capacity`` and it); ``name``: the module path
+        in the model (error messages, DDP mask checks); ``dense_dtype``: dtype of the persistent
+        compute copy (default: the values' dtype; see :meth:`set_dense_dtype`)."""
         super().__init__()
         if block_size < 1 or in_features % block_size:
             raise ValueError(f"block_size {block_size} does not divide the row length {in_features}")
@@ -120,6 +125,8 @@ class SparseLinear(nn.Module):
             raise ValueError(f"need 0 < active ({n_active_blocks}) <= capacity ({capacity}) <= blocks ({self.n_blocks_total})")
         self.capacity = capacity
         self.n_live = n_active_blocks
+        self.final_count = int(n_active_blocks if final_count is None else final_count)
+        self.name = name
         self.materialize = materialize
         factory = {"device": device, "dtype": dtype}
         self.values = nn.Parameter(torch.empty(capacity * block_size, **factory))
@@ -130,13 +137,17 @@ class SparseLinear(nn.Module):
         self.growth_request: int = 0
         self.growth_candidates: torch.Tensor | None = None
         self.grad_reduce_fn: Callable[[torch.Tensor], None] | None = None
-        self.name = ""
         self.register_load_state_dict_post_hook(lambda module, keys: module.refresh_dense())
 
     # ------------------------------------------------------------------ basics
     @property
     def density(self) -> float:
         return self.n_live / self.n_blocks_total
+
+    @property
+    def final_density(self) -> float:
+        """Density at the end of the density schedule (``final_count`` / blocks); sets the layer's LR scale."""
+        return self.final_count / self.n_blocks_total
 
     @property
     def n_active(self) -> int:
@@ -199,7 +210,8 @@ class SparseLinear(nn.Module):
         return m.view(self.out_features, self.in_features)
 
     # ---------------------------------------------------------- persistent copy
-    def set_dense_dtype(self, dtype: torch.dtype) -> None:
+    def set_dense_dtype(self, dtype: torch.dtype | None) -> None:
+        """Dtype of the persistent compute copy (None: the values' dtype); rebuilds the copy."""
         self._dense_dtype = dtype
         self.refresh_dense()
 

@@ -4,10 +4,12 @@ Three tools that agree with each other to the byte:
 
 * :func:`measure_static` - the static memory of a LIVE model + optimizer, read from the tensors
   themselves (each storage counted once);
-* :func:`predict_static` - the same breakdown computed from the configs alone: the model is built on
-  ``torch.device("meta")`` to read its shapes and the per-layer active counts come from the very
-  functions ``sparsify_model`` uses (``active_blocks``, ``erk_densities``), so nothing of the model
-  size is ever allocated (LLaMA-13B is predicted in about a second);
+* :func:`predict_static` - the same breakdown computed from shapes and configs alone: the caller
+  describes the model by its parameter and buffer shapes (:class:`ModelShapes`, e.g.
+  ``ModelShapes.of(module)`` of a model built on ``torch.device("meta")``; ``smet.models.llama.
+  model_shapes`` does that for a model config) and the per-layer active counts come from the very
+  function ``sparsify_model`` uses (``layer_plan``), so nothing of the model size is ever allocated
+  (LLaMA-13B is predicted in about a second). This module imports no model code;
 * :func:`bytes_per_active_weight` - the closed-form per-weight model below.
 
 Both breakdowns are ``{"all": {...}, "sparse": {...}}`` with the categories
@@ -35,7 +37,9 @@ Bytes per active weight (sparse layers, block size ``b``, capacity == active cou
 ``p`` = parameter / optimizer-state bytes (4 for ``32``, ``32-true``, ``bf16-mixed``,
 ``16-mixed``; 2 for ``bf16-true``). The index costs 4 B per block slot, the local step 2 B
 (int16: default betas and W <= 17,329) or 4 B (int32) per block slot and only exists when the
-optimizer tracks local steps (``reset_local_step`` or ``regrowth_warmup_steps > 0``).
+optimizer tracks local steps (``reset_local_step`` or ``regrowth_warmup_steps > 0``). The method
+semantics (which optimizer options a method sets) come from the composed configs
+(``conf/sparsity/*.yaml``); this module defines no method table.
 
 =============================  ======  =====  ===  ===  =======  ==========  ==============
 configuration                  values  grads  m    v    index    local step  total (b = 1)
@@ -58,46 +62,21 @@ drops to 1.5 B (smet, 17.5 B and 9.5 B per active weight).
 
 from __future__ import annotations
 
-import warnings
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
 
+from smet.sparse.layer import SparseLinear
+from smet.sparse.optimizer import option_defaults, saturation_step
+from smet.sparse.topology import DEFAULT_TARGETS, SparsityConfig, layer_plan
+
 CATEGORIES = ("weights", "grads", "optimizer", "metadata", "compute_copy", "buffers")
 PRECISION_BYTES = {"32": 4, "32-true": 4, "bf16-mixed": 4, "16-mixed": 4, "bf16-true": 2}
-SPARSE_METHODS = ("static", "set", "rigl", "smet")
-METHODS = ("dense",) + SPARSE_METHODS
 
 
-# ----------------------------------------------------------------------------- configs
-def method_configs(method: str, density: float = 1.0, *, block_size: int = 1, materialize: str = "transient",
-                   allocation: str = "uniform", update_interval: int = 100, lr: float = 1e-3,
-                   betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
-                   regrowth_warmup_steps: int = 100, **sparsity_extra: Any) -> tuple[dict, dict]:
-    """(sparsity_cfg, optimizer_cfg) of a named method, as benchmarks and the memory CLI use them.
-
-    dense: AdamW. static: fixed random mask (growth none), global-step Adam on the active weights.
-    set / rigl: prune by magnitude, regrow random / by gradient, moments zeroed, GLOBAL step
-    (no local step tensor), no LR scaling. smet: regrow random, local step reset, regrowth warm-up
-    W (default 100), density LR scaling ``inverse``.
-    """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    ocfg = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
-    if method == "dense":
-        return {"method": "dense", "density": 1.0}, ocfg
-    growth = {"static": "none", "set": "random", "rigl": "gradient", "smet": "random"}[method]
-    scfg = {"method": method, "density": float(density), "block_size": int(block_size), "materialize": materialize,
-            "allocation": allocation, "growth": growth, "update_interval": int(update_interval)}
-    scfg.update(sparsity_extra)
-    smet = method == "smet"
-    ocfg.update({"regrowth_warmup_steps": int(regrowth_warmup_steps) if smet else 0,
-                 "lr_scaling": "inverse" if smet else "none", "lr_scaling_scope": "sparse",
-                 "reset_local_step": smet, "reset_moments": True, "warmup_shape": "linear"})
-    return scfg, ocfg
-
-
+# ----------------------------------------------------------------------------- sizes
 def param_bytes(precision: str) -> int:
     """Bytes of one parameter / optimizer-state element under a Lightning precision string."""
     try:
@@ -114,12 +93,11 @@ def compute_copy_bytes(precision: str) -> int:
 
 def local_step_bytes(optimizer_cfg: Mapping[str, Any]) -> int:
     """Bytes per block slot of the SMET optimizer's local step (0 when it tracks none)."""
-    from smet.sparse.optimizer import saturation_step
-
-    w = int(optimizer_cfg.get("regrowth_warmup_steps", 0))
-    if not (bool(optimizer_cfg.get("reset_local_step", True)) or w > 0):
+    o = option_defaults() | {k: v for k, v in dict(optimizer_cfg).items() if v is not None}
+    w = int(o["regrowth_warmup_steps"])
+    if not (bool(o["reset_local_step"]) or w > 0):
         return 0
-    b1, b2 = (float(x) for x in optimizer_cfg.get("betas", (0.9, 0.999)))
+    b1, b2 = (float(x) for x in o["betas"])
     cap = max(saturation_step(b1, b2), w)
     return 2 if cap <= torch.iinfo(torch.int16).max else 4
 
@@ -149,15 +127,11 @@ class _Counter:
 
 
 def _target_linears(model: nn.Module, targets: Iterable[str] | None) -> list[nn.Module]:
-    from smet.sparse.topology import DEFAULT_TARGETS
-
     names = set(targets or DEFAULT_TARGETS)
     return [m for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in names]
 
 
 def _sparse_layers(model: nn.Module, sparse) -> list:
-    from smet.sparse.layer import SparseLinear
-
     if sparse is not None:
         return list(sparse.layers)
     return [m for m in model.modules() if isinstance(m, SparseLinear)]
@@ -224,84 +198,83 @@ def measure_static(model: nn.Module, optimizer: torch.optim.Optimizer | None, sp
 
 
 # ----------------------------------------------------------------------------- predicting
-def _model_config(model_cfg: Mapping[str, Any], vocab_size: int, seq_len: int):
-    from smet.models.llama import LlamaConfig
+@dataclass(frozen=True)
+class ModelShapes:
+    """A model described by shapes only: every distinct parameter ``(name, shape)`` and every buffer
+    ``(name, shape, is_floating_point, element_size)``. Target linears are the 2-D parameters named
+    ``<...>.<target>.weight`` (the modules ``sparsify_model`` replaces)."""
 
-    d = dict(model_cfg)
-    if d.get("vocab_size") in (None, "auto"):
-        d["vocab_size"] = int(vocab_size)
-    if d.get("max_seq_len") in (None, "auto"):
-        d["max_seq_len"] = int(seq_len)
-    return LlamaConfig.from_dict(d)
+    params: tuple[tuple[str, tuple[int, ...]], ...]
+    buffers: tuple[tuple[str, tuple[int, ...], bool, int], ...] = ()
+
+    @classmethod
+    def of(cls, module: nn.Module) -> "ModelShapes":
+        """The shapes of any module (build it on ``torch.device("meta")``: nothing is allocated)."""
+        return cls(params=tuple((n, tuple(p.shape)) for n, p in module.named_parameters()),
+                   buffers=tuple((n, tuple(b.shape), b.is_floating_point(), b.element_size())
+                                 for n, b in module.named_buffers()))
+
+    def target_linears(self, targets: Iterable[str] | None = None) -> list[tuple[str, int, int]]:
+        """``(parameter name, out, in)`` of the target linears, in module order."""
+        names = set(targets or DEFAULT_TARGETS)
+        out = []
+        for n, shape in self.params:
+            parts = n.rsplit(".", 2)
+            if len(shape) == 2 and len(parts) >= 2 and parts[-1] == "weight" and parts[-2] in names:
+                out.append((n, int(shape[0]), int(shape[1])))
+        return out
 
 
-_META_CACHE: dict[tuple, nn.Module] = {}
-
-
-def meta_model(model_cfg: Mapping[str, Any], vocab_size: int, seq_len: int) -> nn.Module:
-    """The model on ``torch.device("meta")``: shapes only, no storage (cached per config; treat
-    the returned module as read-only)."""
-    from smet.models.llama import LlamaForCausalLM
-
-    cfg = _model_config(model_cfg, vocab_size, seq_len)
-    key = tuple(sorted(cfg.to_dict().items()))
-    model = _META_CACHE.get(key)
-    if model is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with torch.device("meta"):
-                model = LlamaForCausalLM(cfg)
-        if len(_META_CACHE) > 16:
-            _META_CACHE.clear()
-        _META_CACHE[key] = model
-    return model
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
 
 
 def sparse_layer_plan(shapes: list[tuple[int, int]], sparsity_cfg: Mapping[str, Any]) -> list[dict[str, int]]:
     """Per target layer (out, in): block size, blocks, capacity and final active blocks, computed
     by the very function ``sparsify_model`` uses."""
-    from smet.sparse.topology import SparsityConfig, layer_plan
-
     return layer_plan(shapes, SparsityConfig.from_mapping(sparsity_cfg))
 
 
-def predict_static(model_cfg: Mapping[str, Any], sparsity_cfg: Mapping[str, Any] | None,
-                   optimizer_cfg: Mapping[str, Any] | None, precision: str, vocab_size: int,
-                   seq_len: int) -> dict[str, dict[str, int]]:
+def _targets(shapes: ModelShapes, scfg: Mapping[str, Any]) -> list[tuple[str, int, int]]:
+    targets = scfg.get("targets") or DEFAULT_TARGETS
+    found = shapes.target_linears(targets)
+    if not found:
+        raise ValueError(f"no nn.Linear module matches sparsity.targets={sorted(set(targets))}")
+    return found
+
+
+def predict_static(shapes: ModelShapes, sparsity_cfg: Mapping[str, Any] | None,
+                   optimizer_cfg: Mapping[str, Any] | None, precision: str) -> dict[str, dict[str, int]]:
     """What :func:`measure_static` will report after a training step (grads present), from the
-    configs alone. Same dict shape; exact for every method, block size, allocation and both
-    materialisation modes. The optimizer is AdamW for ``method: dense`` and the SMET optimizer
-    otherwise; dense parameters carry a 0-dim fp32 ``step`` each.
+    model's shapes and the configs alone. Same dict shape; exact for every method, block size,
+    allocation and both materialisation modes. The optimizer is AdamW for ``method: dense`` and the
+    SMET optimizer otherwise; dense parameters carry a 0-dim fp32 ``step`` each.
     """
     scfg = dict(sparsity_cfg or {"method": "dense"})
     ocfg = dict(optimizer_cfg or {})
     p = param_bytes(precision)
-    model = meta_model(model_cfg, vocab_size, seq_len)
-    from smet.sparse.topology import DEFAULT_TARGETS
-
-    targets = set(scfg.get("targets") or DEFAULT_TARGETS)
-    found = [(n, m) for n, m in model.named_modules()
-             if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in targets]
-    if not found:
-        raise ValueError(f"no nn.Linear module matches sparsity.targets={sorted(targets)}")
-    target_ids = {id(m.weight) for _, m in found}
+    found = _targets(shapes, scfg)
+    target_names = {n for n, _, _ in found}
     is_dense = scfg.get("method", "dense") == "dense"
 
     allb = {k: 0 for k in CATEGORIES}
     sp = {k: 0 for k in CATEGORIES}
-    for prm in model.parameters():  # dense params (all of them for the dense baseline)
-        if not is_dense and id(prm) in target_ids:
+    for name, shape in shapes.params:  # dense params (all of them for the dense baseline)
+        if not is_dense and name in target_names:
             continue
-        n = prm.numel()
-        dst = (allb, sp) if id(prm) in target_ids else (allb,)
+        n = _numel(shape)
+        dst = (allb, sp) if name in target_names else (allb,)
         for d in dst:
             d["weights"] += n * p
             d["grads"] += n * p
             d["optimizer"] += 2 * n * p + 4  # exp_avg, exp_avg_sq, 0-dim fp32 step
-    for buf in model.buffers():
-        allb["buffers"] += buf.numel() * (p if buf.is_floating_point() else buf.element_size())
+    for _, shape, floating, size in shapes.buffers:
+        allb["buffers"] += _numel(shape) * (p if floating else size)
     if not is_dense:
-        plan = sparse_layer_plan([(m.out_features, m.in_features) for _, m in found], scfg)
+        plan = sparse_layer_plan([(o, i) for _, o, i in found], scfg)
         ls = local_step_bytes(ocfg)
         cc = compute_copy_bytes(precision) if scfg.get("materialize", "transient") == "persistent" else 0
         for lay in plan:
@@ -318,63 +291,54 @@ def predict_static(model_cfg: Mapping[str, Any], sparsity_cfg: Mapping[str, Any]
     return {"all": allb, "sparse": sp}
 
 
-def active_weight_count(model_cfg: Mapping[str, Any], sparsity_cfg: Mapping[str, Any] | None, vocab_size: int,
-                        seq_len: int) -> int:
+def active_weight_count(shapes: ModelShapes, sparsity_cfg: Mapping[str, Any] | None) -> int:
     """Active weights in the sparse layers (all weights of the target linears for a dense model)."""
     scfg = dict(sparsity_cfg or {"method": "dense"})
-    model = meta_model(model_cfg, vocab_size, seq_len)
-    from smet.sparse.topology import DEFAULT_TARGETS
-
-    targets = set(scfg.get("targets") or DEFAULT_TARGETS)
-    shapes = [(m.out_features, m.in_features) for n, m in model.named_modules()
-              if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in targets]
+    found = _targets(shapes, scfg)
     if scfg.get("method", "dense") == "dense":
-        return sum(o * i for o, i in shapes)
-    return sum(lay["capacity"] * lay["block_size"] for lay in sparse_layer_plan(shapes, scfg))
+        return sum(o * i for _, o, i in found)
+    return sum(lay["capacity"] * lay["block_size"] for lay in sparse_layer_plan([(o, i) for _, o, i in found], scfg))
 
 
 # ----------------------------------------------------------------------------- formula
-def bytes_per_active_weight(precision: str = "32", method: str = "smet", block_size: int = 1,
-                            materialize: str = "transient", *, density: float | None = None,
-                            reset_local_step: bool | None = None, regrowth_warmup_steps: int | None = None,
-                            betas=(0.9, 0.999)) -> dict[str, float]:
-    """Static bytes per active weight of a sparse layer (per weight for ``method="dense"``).
+def bytes_per_active_weight(sparsity_cfg: Mapping[str, Any] | None, optimizer_cfg: Mapping[str, Any] | None,
+                            precision: str = "32") -> dict[str, float]:
+    """Static bytes per active weight of a sparse layer (per weight for ``method: dense``), from the
+    composed ``sparsity`` and ``optimizer`` configs (block size, materialisation, density; the local
+    step exists when ``optimizer.reset_local_step`` or ``regrowth_warmup_steps > 0``).
 
     Returns ``{values, grads, exp_avg, exp_avg_sq, index, local_step, total}`` plus
     ``persistent_per_dense_position`` (the persistent compute copy, per DENSE position: 0 when
-    transient) and, when ``density`` is given, ``persistent_per_active`` (= that / density) and
-    ``total_with_persistent``. The flags default to the method's semantics (see
-    :func:`method_configs`); see the module docstring for the table.
+    transient), ``persistent_per_active`` (= that / density) and ``total_with_persistent``. See the
+    module docstring for the table.
     """
+    scfg = dict(sparsity_cfg or {"method": "dense"})
+    ocfg = dict(optimizer_cfg or {})
     p = param_bytes(precision)
-    if method == "dense":
+    if scfg.get("method", "dense") == "dense":
         out = {"values": p, "grads": p, "exp_avg": p, "exp_avg_sq": p, "index": 0.0, "local_step": 0.0}
         out["total"] = float(sum(out.values()))
         out["persistent_per_dense_position"] = 0.0
         return out
-    if method not in SPARSE_METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    _, ocfg = method_configs(method, betas=betas)
-    if reset_local_step is not None:
-        ocfg["reset_local_step"] = bool(reset_local_step)
-    if regrowth_warmup_steps is not None:
-        ocfg["regrowth_warmup_steps"] = int(regrowth_warmup_steps)
-    b = int(block_size)
+    b = int(scfg.get("block_size", 1))
     out = {"values": p, "grads": p, "exp_avg": p, "exp_avg_sq": p, "index": 4 / b,
            "local_step": local_step_bytes(ocfg) / b}
     out["total"] = float(sum(out.values()))
-    pers = float(compute_copy_bytes(precision)) if materialize == "persistent" else 0.0
+    pers = float(compute_copy_bytes(precision)) if scfg.get("materialize", "transient") == "persistent" else 0.0
     out["persistent_per_dense_position"] = pers
-    if density is not None:
-        out["persistent_per_active"] = pers / float(density)
-        out["total_with_persistent"] = out["total"] + pers / float(density)
+    density = float(scfg.get("density", 1.0))
+    out["persistent_per_active"] = pers / density
+    out["total_with_persistent"] = out["total"] + pers / density
     return out
 
 
 # ----------------------------------------------------------------------------- activations
-def estimate_activations(model_cfg: Mapping[str, Any], batch: int, seq_len: int, precision: str,
+def estimate_activations(dims: Mapping[str, int], batch: int, seq_len: int, precision: str,
                          checkpointing: bool, vocab: int, *, sparse_materialize: str | None = None) -> dict[str, int]:
     """ESTIMATE (not a measurement) of the activation memory at the peak of one training step, bytes.
+
+    ``dims``: the decoder's ``hidden_size``, ``intermediate_size``, ``num_heads``, ``num_layers``
+    (a LLaMA model config has them as keys).
 
     Per token, with ``s`` = activation bytes (2 under ``bf16-true``, 4 under ``32``), hidden
     ``h``, intermediate ``i``, heads ``a``, layers ``L``, vocabulary ``V``:
@@ -415,11 +379,11 @@ def estimate_activations(model_cfg: Mapping[str, Any], batch: int, seq_len: int,
     CUDA context / cuBLAS workspaces, communication buffers, short-lived intermediates inside a
     layer's backward. Use it as a planning figure, not a guarantee.
     """
-    cfg = _model_config(model_cfg, vocab, seq_len)
     param_bytes(precision)
     mixed = str(precision).endswith("-mixed")
     s = 2 if (mixed or str(precision).startswith("bf16")) else 4
-    h, i, a, L, V = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_layers, int(vocab)
+    h, i, a, L = (int(dims[k]) for k in ("hidden_size", "intermediate_size", "num_heads", "num_layers"))
+    V = int(vocab)
     tokens = int(batch) * int(seq_len)
     if mixed:
         per_layer = 16 * h + 8 + 2 * (9 * h + 4 * i) + 4 * a

@@ -50,6 +50,11 @@ def saturation_step(beta1: float, beta2: float) -> int:
 
 
 class SMETOptimizer(torch.optim.Optimizer):
+    """AdamW + per-weight-local Adam (module docstring). Implements
+    ``smet.sparse.topology.SlotStateObserver`` (:meth:`reset_slots`, :meth:`compact_slots`,
+    :meth:`measure_next_step`), the interface through which ``SparseController`` reports topology
+    updates; ``build_smet_optimizer`` attaches it to the controller."""
+
     def __init__(self, params: Iterable, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, *, regrowth_warmup_steps: int = 0, reset_local_step: bool = True,
                  reset_moments: bool = True, warmup_shape: str = "linear", fused: bool | None = None):
@@ -324,12 +329,28 @@ def lr_scale(density: float, mode: str) -> float:
     raise ValueError(f"unknown lr_scaling {mode!r}")
 
 
+def option_defaults() -> dict:
+    """What an optimizer config that leaves a key out gets: the :class:`SMETOptimizer` keyword
+    defaults (read from its signature, so there is one copy) plus ``lr_scaling: none`` and
+    ``lr_scaling_scope: sparse``. Configs composed from conf/ set every key (conf/optimizer/adamw.yaml
+    and the sparsity presets; tests/test_architecture.py checks it), so these apply only to
+    hand-written dicts in a plain PyTorch loop."""
+    import inspect
+
+    out = {k: p.default for k, p in inspect.signature(SMETOptimizer.__init__).parameters.items()
+           if p.default is not inspect.Parameter.empty and k not in ("lr", "fused")}
+    return out | {"lr_scaling": "none", "lr_scaling_scope": "sparse"}
+
+
 def build_smet_optimizer(model: torch.nn.Module, ocfg, sparse) -> SMETOptimizer:
-    """Param groups: dense (decay / no decay), and one group per (density, block size) of sparse layers."""
+    """Param groups: dense (decay / no decay), and one group per (density, block size) of sparse layers.
+
+    ``sparse``: the model's ``SparseController``; the new optimizer is attached to it
+    (``sparse.attach_optimizer``), so topology updates reset the state of regrown slots."""
     lr = float(ocfg["lr"])
-    wd = float(ocfg.get("weight_decay", 0.0))
-    scaling = ocfg.get("lr_scaling", "none")
-    scope = ocfg.get("lr_scaling_scope", "sparse")
+    o = option_defaults() | {k: v for k, v in dict(ocfg).items() if v is not None}
+    wd = float(o["weight_decay"])
+    scaling, scope = o["lr_scaling"], o["lr_scaling_scope"]
     layers = sparse.layers
     sparse_ids = {id(layer.values) for layer in layers}
     global_scale = lr_scale(sparse.target_density, scaling) if scope == "all" else 1.0
@@ -350,13 +371,13 @@ def build_smet_optimizer(model: torch.nn.Module, ocfg, sparse) -> SMETOptimizer:
     for (s, b), ps in by_key.items():
         groups.append({"params": ps, "weight_decay": wd, "lr": lr * s, "lr_scale": s, "sparse": True, "block_size": b})
     on_cuda = any(p.is_cuda for p in model.parameters())
+    o = option_defaults() | {k: v for k, v in dict(ocfg).items() if v is not None}
     opt = SMETOptimizer(
-        groups, lr=lr, betas=tuple(float(x) for x in ocfg.get("betas", (0.9, 0.999))), eps=float(ocfg.get("eps", 1e-8)),
-        weight_decay=wd, regrowth_warmup_steps=int(ocfg.get("regrowth_warmup_steps", 0)),
-        reset_local_step=bool(ocfg.get("reset_local_step", True)), reset_moments=bool(ocfg.get("reset_moments", True)),
-        warmup_shape=str(ocfg.get("warmup_shape", "linear")), fused=on_cuda or None,
+        groups, lr=lr, betas=tuple(float(x) for x in o["betas"]), eps=float(o["eps"]), weight_decay=wd,
+        regrowth_warmup_steps=int(o["regrowth_warmup_steps"]), reset_local_step=bool(o["reset_local_step"]),
+        reset_moments=bool(o["reset_moments"]), warmup_shape=str(o["warmup_shape"]), fused=on_cuda or None,
     )
     for layer in layers:
         opt.register_layer(layer)
-    sparse.optimizer = opt
+    sparse.attach_optimizer(opt)
     return opt

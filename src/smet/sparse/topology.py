@@ -13,6 +13,12 @@
    dense gradients is ever alive at once),
 3. writes them into the freed slots with value 0 and tells the optimizer to reset their state.
 
+One layer's update is a sequence of named steps (``SparseController._update_layer``):
+:func:`select_prune` -> :func:`select_grow` -> :func:`rewrite_slots` -> :func:`notify_optimizer`
+-> zero the pruned blocks of the persistent dense copy. The optimizer is told about rewritten
+slots through the small :class:`SlotStateObserver` interface (``SparseController.attach_optimizer``;
+``smet.sparse.optimizer.SMETOptimizer`` implements it).
+
 Counts per layer are constant under a constant density; tensor shapes never change.
 
 Under DDP every rank runs the same controller and picks the same topology by construction (seeded
@@ -24,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -80,14 +86,44 @@ def _generator(device: torch.device, seed: int) -> torch.Generator:
     return g
 
 
+@runtime_checkable
+class SlotStateObserver(Protocol):
+    """What the controller tells the optimizer when a topology update rewrites a layer's slots.
+
+    ``p`` is the layer's ``values`` parameter; slot ``i`` holds elements ``[i * b, (i + 1) * b)``.
+    ``smet.sparse.optimizer.SMETOptimizer`` implements it; attach one with
+    :meth:`SparseController.attach_optimizer`.
+    """
+
+    def reset_slots(self, p: torch.nn.Parameter, slots: torch.Tensor) -> None:
+        """Constant count: blocks were regrown in place into ``slots`` (int64): reset their state."""
+
+    def compact_slots(self, p: torch.nn.Parameter, keep_slots: torch.Tensor, n_live: int) -> None:
+        """Density change: survivors ``keep_slots`` moved to the front in order; the slots after them up
+        to ``n_live`` are newly grown (zero state), the rest are free (zero)."""
+
+    def measure_next_step(self, p: torch.nn.Parameter, regrown_slots: torch.Tensor) -> None:
+        """Record update magnitudes of the regrown vs the mature slots at the next optimizer step."""
+
+
 class SparseController:
-    def __init__(self, layers: list[tuple[str, SparseLinear]], cfg: SparsityConfig, total_steps: int, seed: int = 0):
+    """Topology updates of the compact layers of one model (see the module docstring).
+
+    ``layers``: (module path, layer) in model order; ``init_std``: std of the initial values
+    (:func:`init_sparse_layers`); ``non_sparse_params``: parameters outside the compact layers and
+    the embedding (for :meth:`active_params_excluding_embedding`; :func:`sparsify_model` counts them).
+    """
+
+    def __init__(self, layers: list[tuple[str, SparseLinear]], cfg: SparsityConfig, total_steps: int, seed: int = 0,
+                 *, init_std: float = 0.02, non_sparse_params: int | None = None):
         self.named_layers = layers
         self.layers = [layer for _, layer in layers]
         self.cfg = cfg
         self.seed = int(seed)
         self.total_steps = int(total_steps)
-        self.optimizer = None  # set by build_smet_optimizer
+        self.init_std = float(init_std)
+        self.non_sparse_params = None if non_sparse_params is None else int(non_sparse_params)
+        self._optimizer: SlotStateObserver | None = None
         self.update_count = 0
         self.interval = int(cfg.update_interval)
         self.start = int(cfg.update_start if cfg.update_start is not None else cfg.update_interval)
@@ -99,6 +135,20 @@ class SparseController:
             kind=ds.get("kind", "constant"), final=float(cfg.density), initial=float(ds.get("initial", 1.0)),
             start=int(ds.get("start") or 0), end=int(ds.get("end") or self.stop), power=float(ds.get("power", 3.0)))
         self._pending_growth = False
+
+    # ------------------------------------------------------------------ wiring
+    def attach_optimizer(self, optimizer: SlotStateObserver | None) -> None:
+        """The optimizer whose per-slot state follows topology updates (None: detach).
+        ``build_smet_optimizer`` attaches the optimizer it builds."""
+        if optimizer is not None and not isinstance(optimizer, SlotStateObserver):
+            raise TypeError(f"{type(optimizer).__name__} does not implement SlotStateObserver "
+                            "(reset_slots, compact_slots, measure_next_step)")
+        self._optimizer = optimizer
+
+    @property
+    def optimizer(self) -> SlotStateObserver | None:
+        """The attached optimizer (:meth:`attach_optimizer`), or None."""
+        return self._optimizer
 
     # ----------------------------------------------------------------- queries
     @property
@@ -140,7 +190,9 @@ class SparseController:
         return n_drop + max(k_old - k_new, 0), n_drop + max(k_new - k_old, 0), k_new
 
     def active_params_excluding_embedding(self) -> int:
-        return self._non_sparse_params + self.active_weights()
+        if self.non_sparse_params is None:
+            raise ValueError("this controller was built without non_sparse_params (sparsify_model counts them)")
+        return self.non_sparse_params + self.active_weights()
 
     # -------------------------------------------------------------- training
     def before_step(self, step: int, score_growth: bool = True) -> None:
@@ -186,53 +238,21 @@ class SparseController:
         }
 
     def _update_layer(self, li: int, layer: SparseLinear, step: int) -> int:
+        """One layer's topology update at ``step`` (layer ``li`` of the model); returns the blocks grown."""
         n_prune, n_grow, k_new = self._counts(layer, step)
-        k_old, b = layer.n_live, layer.block_size
         if n_prune == 0 and n_grow == 0:
             return 0
-        vals = layer.values.detach().view(layer.capacity, b)
-        live_idx = layer.idx[:k_old].long()
-        score = vals[:k_old].float().abs().sum(1)
-        pruned = torch.topk(score, n_prune, largest=False, sorted=False).indices if n_prune else score.new_empty(0, dtype=torch.long)
-        # growth: positions inactive before this update (live set includes the pruned blocks)
-        if n_grow:
-            cand = layer.growth_candidates if self.cfg.growth == "gradient" else None
-            if cand is None or cand.numel() != n_grow:
-                gen = _generator(layer.idx.device, _seed_for(self.seed, "grow", self.update_count, li))
-                r = torch.rand(layer.n_blocks_total, generator=gen, device=layer.idx.device)
-                r[live_idx] = -1.0
-                cand = torch.topk(r, n_grow, sorted=False).indices
-            new_pos = cand.to(layer.idx.device)
-        else:
-            new_pos = live_idx.new_empty(0)
+        live_blocks = layer.idx[: layer.n_live].long()
+        pruned = select_prune(layer, n_prune)
+        candidates = layer.growth_candidates if self.cfg.growth == "gradient" else None
+        new_blocks = select_grow(layer, live_blocks, n_grow, candidates=candidates,
+                                 seed=_seed_for(self.seed, "grow", self.update_count, li))
         layer.growth_candidates = None
-        old_blocks = live_idx[pruned] if n_prune else None
-        opt = self.optimizer
-        if k_new == k_old:  # constant count: regrown blocks take over the pruned slots in place
-            slots = pruned
-            layer.idx[slots] = new_pos.to(layer.idx.dtype)
-            vals[slots] = 0
-            if opt is not None:
-                opt.reset_slots(layer.values, slots)
-        else:  # density changes: keep survivors first, regrown next, free slots zeroed at the tail
-            keep = torch.ones(k_old, dtype=torch.bool, device=live_idx.device)
-            keep[pruned] = False
-            keep_slots = keep.nonzero().squeeze(1)
-            n_keep = keep_slots.numel()
-            new_idx = torch.cat([layer.idx[keep_slots], new_pos.to(layer.idx.dtype)])
-            layer.idx.zero_()
-            layer.idx[:k_new] = new_idx
-            new_vals = vals[keep_slots].clone()
-            vals.zero_()
-            vals[:n_keep] = new_vals
-            layer.n_live = k_new
-            if opt is not None:
-                opt.compact_slots(layer.values, keep_slots, k_new)
-            slots = torch.arange(n_keep, k_new, device=live_idx.device)
-        if old_blocks is not None:
-            layer.zero_dense_blocks(old_blocks)
-        if opt is not None and n_grow:
-            opt.measure_next_step(layer.values, slots)
+        pruned_blocks = live_blocks[pruned] if n_prune else None
+        slots, keep_slots = rewrite_slots(layer, pruned, new_blocks, k_new)
+        notify_optimizer(self._optimizer, layer, slots, keep_slots, measure=bool(n_grow))
+        if pruned_blocks is not None:  # the persistent dense copy: pruned positions back to 0
+            layer.zero_dense_blocks(pruned_blocks)
         return int(n_grow)
 
     def check_ranks(self, when: str = "") -> None:
@@ -250,10 +270,87 @@ class SparseController:
             layer.n_live = int(n)
             layer.refresh_dense()
 
-    def set_dense_dtype(self, dtype: torch.dtype) -> None:
+    def set_dense_dtype(self, dtype: torch.dtype | None) -> None:
+        """Dtype of every layer's persistent compute copy (:meth:`SparseLinear.set_dense_dtype`)."""
         for layer in self.layers:
-            layer._dense_dtype = dtype
-            layer.refresh_dense()
+            layer.set_dense_dtype(dtype)
+
+
+# ------------------------------------------------------------- update steps
+def _slot_values(layer: SparseLinear) -> torch.Tensor:
+    """The layer's values as (capacity, block_size), a view without autograd history."""
+    return layer.values.detach().view(layer.capacity, layer.block_size)
+
+
+def select_prune(layer: SparseLinear, n_prune: int) -> torch.Tensor:
+    """Slots (int64, unordered) of the ``n_prune`` live blocks of smallest sum |w| (fp32 scores)."""
+    if not n_prune:
+        return torch.empty(0, dtype=torch.long, device=layer.values.device)
+    score = _slot_values(layer)[: layer.n_live].float().abs().sum(1)
+    return torch.topk(score, n_prune, largest=False, sorted=False).indices
+
+
+def select_grow(layer: SparseLinear, live_blocks: torch.Tensor, n_grow: int, *, seed: int,
+                candidates: torch.Tensor | None = None) -> torch.Tensor:
+    """Block ids (int64, unordered) of ``n_grow`` blocks to grow, all inactive before this update
+    (``live_blocks``, the blocks live before it, pruned ones included, are never picked).
+
+    ``candidates``: RigL's largest-|gradient| inactive blocks, scored in the backward
+    (``SparseLinear.growth_candidates``); used when there are exactly ``n_grow`` of them. Otherwise
+    uniformly at random: a generator on the layer's device seeded ``seed`` (the same on every rank).
+    """
+    dev = layer.idx.device
+    if not n_grow:
+        return live_blocks.new_empty(0)
+    if candidates is None or candidates.numel() != n_grow:
+        r = torch.rand(layer.n_blocks_total, generator=_generator(dev, seed), device=dev)
+        r[live_blocks] = -1.0
+        candidates = torch.topk(r, n_grow, sorted=False).indices
+    return candidates.to(dev)
+
+
+@torch.no_grad()
+def rewrite_slots(layer: SparseLinear, pruned: torch.Tensor, new_blocks: torch.Tensor,
+                  n_live: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Write ``new_blocks`` (value 0) into the layer in place of the ``pruned`` slots.
+
+    Constant count (``n_live`` == the layer's): the new blocks take over the pruned slots in place;
+    returns ``(pruned, None)``. Density change: survivors move to the front in order, the new blocks
+    follow, the free tail is zeroed and ``layer.n_live`` becomes ``n_live``; returns (the slots of the
+    new blocks, the survivors' old slots).
+    """
+    vals = _slot_values(layer)
+    k_old = layer.n_live
+    if n_live == k_old:
+        layer.idx[pruned] = new_blocks.to(layer.idx.dtype)
+        vals[pruned] = 0
+        return pruned, None
+    keep = torch.ones(k_old, dtype=torch.bool, device=layer.idx.device)
+    keep[pruned] = False
+    keep_slots = keep.nonzero().squeeze(1)
+    n_keep = keep_slots.numel()
+    new_idx = torch.cat([layer.idx[keep_slots], new_blocks.to(layer.idx.dtype)])
+    layer.idx.zero_()
+    layer.idx[:n_live] = new_idx
+    new_vals = vals[keep_slots].clone()
+    vals.zero_()
+    vals[:n_keep] = new_vals
+    layer.n_live = n_live
+    return torch.arange(n_keep, n_live, device=layer.idx.device), keep_slots
+
+
+def notify_optimizer(optimizer: SlotStateObserver | None, layer: SparseLinear, slots: torch.Tensor,
+                     keep_slots: torch.Tensor | None, *, measure: bool) -> None:
+    """Tell the optimizer what :func:`rewrite_slots` did: ``reset_slots`` (in place) or
+    ``compact_slots`` (density change), then ``measure_next_step`` of the new slots if ``measure``."""
+    if optimizer is None:
+        return
+    if keep_slots is None:
+        optimizer.reset_slots(layer.values, slots)
+    else:
+        optimizer.compact_slots(layer.values, keep_slots, layer.n_live)
+    if measure:
+        optimizer.measure_next_step(layer.values, slots)
 
 
 def layer_plan(shapes: list[tuple[int, int]], cfg: SparsityConfig) -> list[dict[str, int]]:
@@ -297,7 +394,7 @@ def init_sparse_layers(ctrl: SparseController) -> None:
     ``sparsify_model`` has always produced; on CUDA the draws come from a CUDA generator seeded the
     same way, so the initial masks depend on the device the layers are initialised on (CPU vs CUDA;
     the same on every GPU of one kind, hence on every DDP rank)."""
-    std = getattr(ctrl, "init_std", 0.02)
+    std = ctrl.init_std
     for li, layer in enumerate(ctrl.layers):
         dev = layer.idx.device
         if dev.type == "meta":
@@ -331,16 +428,14 @@ def sparsify_model(model: nn.Module, cfg: SparsityConfig, total_steps: int, seed
     plan = layer_plan([(m.out_features, m.in_features) for _, m in found], cfg)
     layers: list[tuple[str, SparseLinear]] = []
     for li, ((name, lin), lp) in enumerate(zip(found, plan)):
-        cap, final, n_blocks = lp["capacity"], lp["final"], lp["blocks"]
+        cap, final = lp["capacity"], lp["final"]
         if device is not None:
             dev = torch.device(device)
         else:
             dev = lin.weight.device if not lin.weight.is_meta else torch.device("cpu")
         sl = SparseLinear(lin.in_features, lin.out_features, n_active_blocks=cap, block_size=cfg.block_size,
-                          materialize=cfg.materialize, capacity=cap, device=dev, dtype=lin.weight.dtype)
-        sl.final_count = final
-        sl.final_density = final / n_blocks
-        sl.name = name
+                          materialize=cfg.materialize, capacity=cap, device=dev, dtype=lin.weight.dtype,
+                          name=name, final_count=final)
         if device is None:
             gen = _generator(torch.device("cpu"), _seed_for(seed, "init", li))
             sl.init_random(init_std, gen)
@@ -350,10 +445,9 @@ def sparsify_model(model: nn.Module, cfg: SparsityConfig, total_steps: int, seed
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, attr, sl)
         layers.append((name, sl))
-    ctrl = SparseController(layers, cfg, total_steps=total_steps, seed=seed)
-    ctrl.init_std = float(init_std)
     sparse_ids = {id(layer.values) for _, layer in layers}
     emb = [m.weight for m in model.modules() if isinstance(m, nn.Embedding)]
     emb_ids = {id(w) for w in emb}
-    ctrl._non_sparse_params = sum(p.numel() for p in model.parameters() if id(p) not in sparse_ids and id(p) not in emb_ids)
-    return ctrl
+    non_sparse = sum(p.numel() for p in model.parameters() if id(p) not in sparse_ids and id(p) not in emb_ids)
+    return SparseController(layers, cfg, total_steps=total_steps, seed=seed, init_std=init_std,
+                            non_sparse_params=non_sparse)
