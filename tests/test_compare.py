@@ -481,6 +481,68 @@ def test_paired_spike_plot_skipped_without_static_runs(tmp_path):
     assert "| - |" in (out / "summary.md").read_text()
 
 
+def test_effective_lrs_of_every_group():
+    """The pairing compares what each param group gets: optimizer.lr x s(d) where the scope applies it."""
+    from smet.report.paired import effective_lrs
+    from smet.report.runs import Run
+
+    def run(method="smet", lr=1e-3, scaling="inverse", scope="all", density=0.25, allocation="uniform"):
+        return Run(name="r", source="r", config={
+            "optimizer": {"lr": lr, "lr_scaling": scaling, "lr_scaling_scope": scope},
+            "sparsity": {"method": method, "density": density, "allocation": allocation}})
+
+    assert effective_lrs(run()) == (4e-3, 4e-3)
+    assert effective_lrs(run(scope="sparse")) == (4e-3, 1e-3)
+    assert effective_lrs(run(scaling="inverse_sqrt", scope="all")) == (2e-3, 2e-3)
+    assert effective_lrs(run("static", lr=4e-3, scaling="none")) == (4e-3, 4e-3)
+    assert effective_lrs(run("static", lr=4e-3, scaling="none", scope="sparse")) == (4e-3, 4e-3)
+    assert effective_lrs(run(scope="sparse", allocation="erk"))[1] == 1e-3  # per-layer scales: not a number
+    assert effective_lrs(run(scope="sparse", allocation="erk"))[0] != 4e-3
+    no_scope = run()
+    del no_scope.config["optimizer"]["lr_scaling_scope"]  # what conf/optimizer/adamw.yaml defaults to
+    assert effective_lrs(no_scope) == (4e-3, 4e-3)
+
+
+@pytest.mark.slow
+def test_pairing_uses_effective_lrs_of_real_runs(session_cache, tmp_path):
+    """Real train.py runs: SMET at optimizer.lr = 1e-3 with 1/d scaling of every parameter (the
+    smet preset, d = 0.25) pairs with the static run at 4e-3, not with the static run at 1e-3 that
+    only shares optimizer.lr; the blocks-only-scaling variant (sparse 4e-3, dense 1e-3) with neither."""
+    import yaml
+
+    from smet.report.paired import attach_pairs, effective_lrs
+
+    points = {"smet-lr1e-3": ("smet", 1e-3), "blocks_only-lr1e-3": ("smet_blocks_only_lr", 1e-3),
+              "static-lr1e-3": ("static", 1e-3), "static-lr4e-3": ("static", 4e-3)}
+    runs = tmp_path / "runs"
+    env = dict(os.environ, SMET_CACHE_DIR=str(session_cache), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               WANDB_MODE="offline", PYTHONUNBUFFERED="1")
+    for name, (sparsity, lr) in points.items():
+        cmd = [sys.executable, str(REPO / "train.py"), f"sparsity={sparsity}", f"optimizer.lr={lr}",
+               "sparsity.density=0.25", "trainer.max_steps=8", "sparsity.update_interval=4",
+               "++sparsity.spike_window=2", "trainer.val_every_n_steps=8", *FAST,
+               f"hydra.run.dir={runs / name}"]
+        res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+        assert res.returncode == 0, f"{name} failed:\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
+    cfg = yaml.safe_load((runs / "smet-lr1e-3" / "config.yaml").read_text())
+    assert cfg["optimizer"]["lr_scaling"] == "inverse" and cfg["optimizer"]["lr_scaling_scope"] == "all"
+    loaded = {Path(r.source).name: r for r in map(load_run_dir, sorted(runs.iterdir()))}
+    assert effective_lrs(loaded["smet-lr1e-3"]) == (4e-3, 4e-3) == effective_lrs(loaded["static-lr4e-3"])
+    assert effective_lrs(loaded["blocks_only-lr1e-3"]) == (4e-3, 1e-3)
+    assert attach_pairs(list(loaded.values())) == 1
+    smet = loaded["smet-lr1e-3"]
+    assert Path(smet.paired_with.source).name == "static-lr4e-3"
+    assert smet.paired_spikes is not None and 4 in smet.paired_spikes
+    assert loaded["blocks_only-lr1e-3"].paired_with is None
+    # what the optimizers really used: train/lr (the first group, the dense weights) step by step
+    lr = {k: loaded[k].series("train/lr") for k in ("smet-lr1e-3", "static-lr4e-3", "blocks_only-lr1e-3")}
+    assert len(lr["smet-lr1e-3"][1]) >= 3 and 1e-3 < max(lr["static-lr4e-3"][1]) <= 4e-3
+    for k in ("static-lr4e-3", "blocks_only-lr1e-3"):
+        assert lr[k][0].tolist() == lr["smet-lr1e-3"][0].tolist()
+    assert lr["smet-lr1e-3"][1] == pytest.approx(lr["static-lr4e-3"][1], rel=1e-6)
+    assert lr["blocks_only-lr1e-3"][1] == pytest.approx(lr["static-lr4e-3"][1] / 4, rel=1e-6)
+
+
 # ----------------------------------------------------------------------------- the usage loop: sweeps, status
 def md_rows(path: Path) -> tuple[list[str], list[list[str]]]:
     header, _, *body = [line for line in path.read_text().splitlines() if line.startswith("|")]

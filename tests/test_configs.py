@@ -54,6 +54,14 @@ def test_every_sparsity_preset(sparsity):
 def test_sparsity_presets_set_their_optimizer_semantics():
     smet = compose_cfg("sparsity=smet").optimizer
     assert smet.reset_local_step and smet.regrowth_warmup_steps == 100 and smet.lr_scaling == "inverse"
+    assert smet.lr_scaling_scope == "all"  # the authors' recipe: 1/d on every parameter
+    blocks = compose_cfg("sparsity=smet_blocks_only_lr")
+    assert blocks.optimizer.lr_scaling_scope == "sparse" and blocks.optimizer.lr_scaling == "inverse"
+    assert blocks.sparsity.variant == "blocks_only_lr" and blocks.optimizer.regrowth_warmup_steps == 100
+    for ablation in ("smet_no_reset", "smet_no_warmup", "smet_momentum_warmup"):
+        o = compose_cfg(f"sparsity={ablation}").optimizer
+        assert o.lr_scaling == "inverse" and o.lr_scaling_scope == "all", ablation
+    assert compose_cfg("sparsity=smet_no_lr_scaling").optimizer.lr_scaling == "none"
     for naive in ("set", "rigl"):
         o = compose_cfg(f"sparsity={naive}").optimizer
         assert not o.reset_local_step and o.regrowth_warmup_steps == 0 and o.lr_scaling == "none"

@@ -404,6 +404,13 @@ def test_lr_scaling_applied_once_per_layer():
     ctrl = attach_sparsity(model, {"method": "smet", "density": 0.25}, total_steps=10)
     opt = build_smet_optimizer(model, {**SMET_OPT, "lr_scaling": "inverse", "lr_scaling_scope": "all"}, ctrl)
     assert all(g["lr"] == pytest.approx(SMET_OPT["lr"] * 4) for g in opt.param_groups)
+    # a hand-written config without the scope gets conf/optimizer/adamw.yaml's default: all
+    model = tiny_model()
+    ctrl = attach_sparsity(model, {"method": "smet", "density": 0.25}, total_steps=10)
+    no_scope = {k: v for k, v in SMET_OPT.items() if k != "lr_scaling_scope"} | {"lr_scaling": "inverse"}
+    opt = build_smet_optimizer(model, no_scope, ctrl)
+    assert all(g["lr"] == pytest.approx(SMET_OPT["lr"] * 4) and g["lr_scale"] == pytest.approx(4)
+               for g in opt.param_groups)
 
 
 def test_dense_params_follow_torch_adamw():

@@ -20,7 +20,8 @@ from smet.fidelity import FidelityError
 
 EXPERIMENTS = ("fidelity", "fidelity_warmup", "fidelity_lr_scaling")
 # keys that name a run (swept values, in this order), with their short label
-LABEL_KEYS = {"sparsity": "", "optimizer.regrowth_warmup_steps": "W", "optimizer.lr_scaling": "lr_"}
+LABEL_KEYS = {"sparsity": "", "optimizer.regrowth_warmup_steps": "W", "optimizer.lr_scaling": "lr_",
+              "optimizer.lr": "lr"}
 IGNORED_FOR_DEDUPE = ("experiment_name", "group")
 
 

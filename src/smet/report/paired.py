@@ -15,9 +15,14 @@ with the new topology; the same windows as ``sparsity/spike``), k = R's ``sparsi
 (u + k <= last common step) and each holds at least one common step. > 0: the update cost loss
 relative to not updating at all.
 
-A partner is a run with ``sparsity.method = static`` whose :data:`PAIR_KEYS` values equal R's:
-seed, the whole ``model`` and ``data`` sections (except paths / workers), the density, the base LR
-and ``trainer.max_steps`` (the LR schedule). With several candidates the first in input order wins.
+A partner is a run with ``sparsity.method = static`` whose :func:`pair_key` equals R's: the
+:data:`PAIR_KEYS` values (seed, the whole ``model`` and ``data`` sections except paths / workers, the
+density, ``trainer.max_steps`` and the LR schedule's shape) and the EFFECTIVE peak LR of every
+parameter group (:func:`effective_lrs`: ``optimizer.lr`` x the density scale s(d) of
+``optimizer.lr_scaling`` where ``optimizer.lr_scaling_scope`` applies it, separately for the sparse
+layers and for the dense parameters). So a SMET run at ``optimizer.lr`` = 1e-3 with 1/d scaling of
+every parameter at d = 0.25 pairs with the static run at 4e-3, not with the static run at 1e-3.
+With several candidates the first in input order wins.
 """
 
 from __future__ import annotations
@@ -30,8 +35,50 @@ import numpy as np
 from smet.report.runs import Run, flatten
 
 DEFAULT_SPIKE_WINDOW = 10
-PAIR_KEYS = ("seed", "model", "data", "sparsity.density", "optimizer.lr", "trainer.max_steps")
+PAIR_KEYS = ("seed", "model", "data", "sparsity.density", "trainer.max_steps", "optimizer.schedule",
+             "optimizer.warmup_fraction", "optimizer.warmup_steps", "optimizer.min_lr_ratio")
 DATA_IGNORED = ("cache_dir", "num_workers", "path")
+# what smet.sparse.optimizer.option_defaults / conf/optimizer/adamw.yaml give a config that leaves a key out
+DEFAULT_LR_SCALING, DEFAULT_LR_SCALING_SCOPE = "none", "all"
+
+
+def _density_scale(density: float, mode: str) -> float:
+    """s(d) as :func:`smet.sparse.optimizer.lr_scale` (kept torch-free here)."""
+    if mode == "none" or density >= 1.0:
+        return 1.0
+    if mode == "inverse":
+        return 1.0 / density
+    if mode == "inverse_sqrt":
+        return 1.0 / math.sqrt(density)
+    raise ValueError(f"unknown lr_scaling {mode!r}")
+
+
+def _lr_value(x: float) -> float:
+    return float(f"{x:.10g}")  # 1e-3 / 0.25 and 4e-3 compare equal
+
+
+def effective_lrs(run: Run) -> tuple:
+    """(sparse layers' peak LR, dense parameters' peak LR) as the SMET optimizer builds its groups
+    (:func:`smet.sparse.optimizer.build_smet_optimizer`): scope ``all`` scales every parameter by
+    s(d) of ``sparsity.density``; scope ``sparse`` scales each sparse layer by s of its own density
+    and leaves the dense parameters at ``optimizer.lr``. With a non-uniform allocation (erk) and scope
+    ``sparse`` the per-layer scales differ: the sparse entry is then (lr, lr_scaling, allocation).
+    Values that cannot be read are returned as they are (they still have to be equal)."""
+    lr = run.cfg("optimizer.lr")
+    mode = run.cfg("optimizer.lr_scaling") or DEFAULT_LR_SCALING
+    scope = run.cfg("optimizer.lr_scaling_scope") or DEFAULT_LR_SCALING_SCOPE
+    density = run.cfg("sparsity.density")
+    try:
+        lr, density = float(lr), float(density) if run.method != "dense" else 1.0
+        s = _density_scale(density, str(mode))
+    except (TypeError, ValueError):
+        return ("unreadable", lr, mode, scope, density)
+    if scope == "all":
+        return _lr_value(lr * s), _lr_value(lr * s)
+    allocation = run.cfg("sparsity.allocation") or "uniform"
+    if allocation != "uniform" and s != 1.0:
+        return (_lr_value(lr), str(mode), str(allocation)), _lr_value(lr)
+    return _lr_value(lr * s), _lr_value(lr)
 
 
 def _hashable(v: Any) -> Any:
@@ -57,6 +104,7 @@ def pair_key(run: Run) -> tuple:
             except (TypeError, ValueError):
                 pass
         out.append(_hashable(v))
+    out.append(effective_lrs(run))
     return tuple(out)
 
 

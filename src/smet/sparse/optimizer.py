@@ -332,14 +332,14 @@ def lr_scale(density: float, mode: str) -> float:
 def option_defaults() -> dict:
     """What an optimizer config that leaves a key out gets: the :class:`SMETOptimizer` keyword
     defaults (read from its signature, so there is one copy) plus ``lr_scaling: none`` and
-    ``lr_scaling_scope: sparse``. Configs composed from conf/ set every key (conf/optimizer/adamw.yaml
+    ``lr_scaling_scope: all`` (as conf/optimizer/adamw.yaml). Configs composed from conf/ set every key (conf/optimizer/adamw.yaml
     and the sparsity presets; tests/test_architecture.py checks it), so these apply only to
     hand-written dicts in a plain PyTorch loop."""
     import inspect
 
     out = {k: p.default for k, p in inspect.signature(SMETOptimizer.__init__).parameters.items()
            if p.default is not inspect.Parameter.empty and k not in ("lr", "fused")}
-    return out | {"lr_scaling": "none", "lr_scaling_scope": "sparse"}
+    return out | {"lr_scaling": "none", "lr_scaling_scope": "all"}
 
 
 def build_smet_optimizer(model: torch.nn.Module, ocfg, sparse) -> SMETOptimizer:
