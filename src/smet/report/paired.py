@@ -33,6 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from smet.report.runs import Run, flatten
+from smet.sparse.config import lr_scale
 
 DEFAULT_SPIKE_WINDOW = 10
 PAIR_KEYS = ("seed", "model", "data", "sparsity.density", "trainer.max_steps", "optimizer.schedule",
@@ -40,17 +41,6 @@ PAIR_KEYS = ("seed", "model", "data", "sparsity.density", "trainer.max_steps", "
 DATA_IGNORED = ("cache_dir", "num_workers", "path")
 # what smet.sparse.optimizer.option_defaults / conf/optimizer/adamw.yaml give a config that leaves a key out
 DEFAULT_LR_SCALING, DEFAULT_LR_SCALING_SCOPE = "none", "all"
-
-
-def _density_scale(density: float, mode: str) -> float:
-    """s(d) as :func:`smet.sparse.optimizer.lr_scale` (kept torch-free here)."""
-    if mode == "none" or density >= 1.0:
-        return 1.0
-    if mode == "inverse":
-        return 1.0 / density
-    if mode == "inverse_sqrt":
-        return 1.0 / math.sqrt(density)
-    raise ValueError(f"unknown lr_scaling {mode!r}")
 
 
 def _lr_value(x: float) -> float:
@@ -70,7 +60,7 @@ def effective_lrs(run: Run) -> tuple:
     density = run.cfg("sparsity.density")
     try:
         lr, density = float(lr), float(density) if run.method != "dense" else 1.0
-        s = _density_scale(density, str(mode))
+        s = lr_scale(density, str(mode))
     except (TypeError, ValueError):
         return ("unreadable", lr, mode, scope, density)
     if scope == "all":

@@ -6,9 +6,22 @@ naming the key, before any compute. No other smet package is imported (the core 
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 from smet.sparse.errors import ConfigError as SmetConfigError
+
+
+def lr_scale(density: float, mode: str) -> float:
+    """The density-aware LR factor s(d): 1 (``none``, or d >= 1), 1/d (``inverse``), 1/sqrt(d)
+    (``inverse_sqrt``). Torch-free, so smet-compare's pairing uses the very same function."""
+    if mode == "none" or density >= 1.0:
+        return 1.0
+    if mode == "inverse":
+        return 1.0 / density
+    if mode == "inverse_sqrt":
+        return 1.0 / math.sqrt(density)
+    raise ValueError(f"unknown lr_scaling {mode!r}")
 
 METHODS = ("dense", "static", "set", "rigl", "smet")
 GROWTH = ("random", "gradient", "none")

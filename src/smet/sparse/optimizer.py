@@ -35,6 +35,7 @@ import torch
 from torch.optim.adamw import adamw as _functional_adamw
 
 from smet.sparse import kernels
+from smet.sparse.config import lr_scale  # noqa: F401  (re-exported: smet.sparse.optimizer.lr_scale)
 
 FP32_HALF_ULP_1 = 2.0**-25  # 1 - x rounds to 1.0f for x below this
 
@@ -317,16 +318,6 @@ class SMETOptimizer(torch.optim.Optimizer):
             pv.sub_((upd * step_lr).to(pv.dtype))
         if layer is not None:
             layer.sync_dense_values()
-
-
-def lr_scale(density: float, mode: str) -> float:
-    if mode == "none" or density >= 1.0:
-        return 1.0
-    if mode == "inverse":
-        return 1.0 / density
-    if mode == "inverse_sqrt":
-        return 1.0 / math.sqrt(density)
-    raise ValueError(f"unknown lr_scaling {mode!r}")
 
 
 def option_defaults() -> dict:
