@@ -60,15 +60,10 @@ class CliError(SmetConfigError):
 
 
 
-def conf_dir() -> Path:
-    """The Hydra config directory: ``$SMET_CONF_DIR`` or ``<repo>/conf``."""
-    from smet.slurm.grid import conf_dir as grid_conf_dir
-
-    return grid_conf_dir()
-
-
 def group_options(group: str) -> list[str]:
     """The options of a config group (``conf/<group>/*.yaml``)."""
+    from smet.slurm.grid import conf_dir
+
     d = conf_dir() / group
     return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
 
@@ -365,6 +360,8 @@ def compute_rows(points: Sequence, gpu: dict | None = None) -> list[dict[str, An
     order (a dense point of the grid is the baseline itself)."""
     resolved = [resolve_point(pt) for pt in points]
     extras = _label_extras(resolved)
+    from smet.slurm.grid import conf_dir
+
     dense_s, dense_o = _dense_configs(str(conf_dir()))
     groups: dict[tuple, list[dict]] = {}
     for p, extra in zip(resolved, extras):

@@ -69,16 +69,14 @@ def run_name(task: Sequence[str], seed: Any) -> str:
 
 def plan(experiments: Sequence[str] = EXPERIMENTS, overrides: Sequence[str] = ()) -> list[PlannedRun]:
     """Expanded, de-duplicated, seed-ordered runs of the experiments' grids (see the module docstring)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    from smet.slurm.grid import GridError, conf_dir, expand
+    from smet.slurm.grid import GridError, expand
 
     for o in overrides:
         if re.match(r"^\+{0,2}experiment=", o):
             raise FidelityError(o, "choose the experiments with --experiments, not an override")
-    points: list[tuple[str, list[str]]] = []
+    points: list[tuple[str, list[str], Any]] = []
     for exp in experiments:
         try:
             grid = expand([f"+experiment={exp}", *overrides])
@@ -86,29 +84,25 @@ def plan(experiments: Sequence[str] = EXPERIMENTS, overrides: Sequence[str] = ()
             raise FidelityError(exp, str(e)) from None
         if grid.passthrough:
             raise FidelityError("hydra overrides are not supported here", " ".join(grid.passthrough))
-        points += [(exp, list(t)) for t in grid.tasks]
+        points += [(exp, list(t), cfg) for t, cfg in zip(grid.tasks, grid.configs)]  # composed once, by expand
 
     runs: list[PlannedRun] = []
     seen: dict[str, PlannedRun] = {}
-    if GlobalHydra.instance().is_initialized():  # expand() leaves Hydra clean; be safe
-        GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-        for exp, task in points:
-            cfg = compose(config_name="train", overrides=task)
-            seed = int(cfg.seed)
-            plain = OmegaConf.to_container(cfg, resolve=False)
-            for k in IGNORED_FOR_DEDUPE:
-                plain.pop(k, None)
-            key = json.dumps(plain, sort_keys=True, default=str)
-            name = run_name(task, seed)
-            if key in seen:
-                seen[key].duplicates.append(f"{exp}: {' '.join(t for t in task if not t.startswith('+experiment='))}")
-                continue
-            if any(r.name == name for r in runs):
-                name = f"{exp}-{name}"
-            r = PlannedRun(name=name, experiment=exp, overrides=task, seed=seed)
-            seen[key] = r
-            runs.append(r)
+    for exp, task, cfg in points:
+        seed = int(cfg.seed)
+        plain = OmegaConf.to_container(cfg, resolve=False)
+        for k in ("hydra", *IGNORED_FOR_DEDUPE):
+            plain.pop(k, None)
+        key = json.dumps(plain, sort_keys=True, default=str)
+        name = run_name(task, seed)
+        if key in seen:
+            seen[key].duplicates.append(f"{exp}: {' '.join(t for t in task if not t.startswith('+experiment='))}")
+            continue
+        if any(r.name == name for r in runs):
+            name = f"{exp}-{name}"
+        r = PlannedRun(name=name, experiment=exp, overrides=task, seed=seed)
+        seen[key] = r
+        runs.append(r)
     order = {id(r): i for i, r in enumerate(runs)}
     runs.sort(key=lambda r: (r.seed, order[id(r)]))
     return runs
