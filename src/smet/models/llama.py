@@ -219,8 +219,16 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.model(input_ids))
 
+    # ``loss`` stores the largest output logit of its batch here (a detached 0-d tensor on the
+    # logits' device, no host sync) when ``track_max_logit`` is set: LMModule logs it as
+    # ``train/max_logit`` (logit growth around topology updates, issue 14)
+    track_max_logit: bool = False
+    last_max_logit: torch.Tensor | None = None
+
     def loss(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits = self(input_ids)
+        if self.track_max_logit:
+            self.last_max_logit = logits.detach().amax().float()
         return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
 
     def num_params(self, include_embedding: bool = True) -> int:
