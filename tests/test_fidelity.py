@@ -240,7 +240,7 @@ with open(os.path.join(run_dir, "metrics.csv"), "w") as f:
     f.write("step,train/loss,val/ppl\\n0,5.0,\\n1,4.0,90.0\\n")
 time.sleep(float(os.environ.get("FAKE_SLEEP", "0.2")) * (1 + int(seed) * 20))
 with open(os.path.join(run_dir, "summary.json"), "w") as f:
-    json.dump({{"steps": 2, "val_ppl": 90.0, "tokens_per_s": 100.0}}, f)
+    json.dump({{"steps": 2, "val_ppl": 90.0, "tokens_per_s": 100.0, "status": os.environ.get("FAKE_STATUS", "ok")}}, f)
 time.sleep(float(os.environ.get("FAKE_TEARDOWN", "0")))  # e.g. loggers / process teardown after the summary
 """
 
@@ -307,6 +307,24 @@ def test_runner_counts_a_run_stopped_in_teardown_as_finished(tmp_path, monkeypat
     run_all(runs, tmp_path / "out", parallel=1, budget_s=1.5, python=str(_fake_python(tmp_path)), repo=REPO,
             poll_s=0.05, log=lambda m: None)
     assert runs[0].status == "ok" and "teardown" in runs[0].note
+
+
+def test_runner_counts_an_interrupted_summary_as_stopped(tmp_path, monkeypatch):
+    """train.py's SIGTERM handler writes summary.json with status interrupted (steps short of max_steps):
+    that run did not finish, whether it exits itself or is killed at the budget."""
+    from smet.fidelity.plan import PlannedRun
+    from smet.fidelity.runner import run_all
+
+    monkeypatch.setenv("FAKE_STATUS", "interrupted")
+    runs = [PlannedRun(name="r0-s0", experiment="fidelity", overrides=["seed=0"], seed=0)]
+    run_all(runs, tmp_path / "out", parallel=1, budget_s=30, python=str(_fake_python(tmp_path)), repo=REPO,
+            poll_s=0.05, log=lambda m: None)
+    assert runs[0].status == "stopped"
+    monkeypatch.setenv("FAKE_TEARDOWN", "30")
+    runs = [PlannedRun(name="r1-s0", experiment="fidelity", overrides=["seed=0"], seed=0)]
+    run_all(runs, tmp_path / "out2", parallel=1, budget_s=1.5, python=str(_fake_python(tmp_path)), repo=REPO,
+            poll_s=0.05, log=lambda m: None)
+    assert runs[0].status == "stopped" and "teardown" not in runs[0].note
 
 
 def test_gpu_fidelity_script_is_valid_bash():

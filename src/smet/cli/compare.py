@@ -18,7 +18,7 @@ from typing import Sequence
 from smet.cli.args import OneLineParser, die
 
 REPORT_FILES = ("summary.csv", "summary.md", "runs.csv", "report.md", "report.html", "loss_curves.png",
-                "curves_vs_tokens.png", "spike_by_method.png", "paired_spike_by_method.png", "update_ratio.png")
+                "curves_vs_tokens.png", "spike_by_method.png", "paired_spike_by_method.png", "update_ratio.png", "coldstart_vs_smet.png", "coldstart.csv")
 REPORT_GLOBS = ("ppl_vs_*.png",)  # one per swept key
 
 
@@ -165,6 +165,10 @@ def make_report(runs: list, out: Path, *, title: str, group_by: Sequence[str] | 
     base = find_baseline(groups, baseline)
     table.write_summary_csv(groups, out / "summary.csv")
     table.write_runs_csv(groups, out / "runs.csv")
+    from smet.report import coldstart
+
+    all_runs = [r for g in groups for r in g.runs]
+    coldstart.write_csv(all_runs, out / "coldstart.csv")
     md_table = table.markdown_table(groups)
     (out / "summary.md").write_text(f"# {title}\n\n{md_table}\n")
     images, skipped = [], {}
@@ -180,7 +184,7 @@ def make_report(runs: list, out: Path, *, title: str, group_by: Sequence[str] | 
     if len(axes) > plots.MAX_AXES:
         info["axes_dropped"] = [a for a, _ in axes[plots.MAX_AXES:]]
     kw = dict(title=title, groups=groups, images=images, skipped=skipped, inputs=inputs, warnings=warnings,
-              info=info)
+              info=info, sections=coldstart.markdown(all_runs))
     render.write_markdown(out / "report.md", **kw)
     render.write_html(out / "report.html", **kw)
     return {"groups": groups, "images": images, "skipped": skipped, "table": md_table, "baseline": base}

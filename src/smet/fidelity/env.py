@@ -38,6 +38,9 @@ def environment(python: str | None = None) -> dict[str, Any]:
             info["nvidia_smi"] = r.stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         pass
+    if os.environ.get("SMET_GIT_COMMIT"):  # the commit a copied tree came from (its .git may be stale or absent)
+        info["git_commit"] = os.environ["SMET_GIT_COMMIT"]
+        return info
     try:
         r = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
                            cwd=Path(__file__).resolve().parents[3])

@@ -8,6 +8,7 @@ as *incomplete* (smet-compare reads their metrics.csv). Skipped and stopped runs
 
 from __future__ import annotations
 
+
 import json
 import os
 import shlex
@@ -20,6 +21,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from smet.fidelity.plan import PlannedRun
+
+
+def summary_status(run_dir: Path) -> str | None:
+    """``status`` of a run's summary.json (ok | interrupted | nonfinite | failed), None without one."""
+    try:
+        return str(json.loads((run_dir / "summary.json").read_text()).get("status", "ok"))
+    except (OSError, ValueError):
+        return None
 
 
 def _write_state(out: Path, runs: Sequence[PlannedRun], meta: dict) -> None:
@@ -71,7 +80,8 @@ def run_all(runs: list[PlannedRun], out: Path, *, parallel: int, budget_s: float
                 continue
             fh.close()
             r.rc, r.wall_s = rc, round(elapsed() - r.started_s, 1)
-            r.status = "ok" if rc == 0 and (out / r.name / "summary.json").is_file() else "failed"
+            done = summary_status(out / r.name)
+            r.status = "ok" if rc == 0 and done == "ok" else ("stopped" if done == "interrupted" else "failed")
             if r.status == "ok":
                 finished_walls.append(r.wall_s)
                 if not keep_checkpoints:  # last.ckpt of a finished run: not part of the results
@@ -83,11 +93,12 @@ def run_all(runs: list[PlannedRun], out: Path, *, parallel: int, budget_s: float
                 _stop(proc)
                 fh.close()
                 r.rc, r.wall_s = proc.returncode, round(elapsed() - r.started_s, 1)
-                if (out / r.name / "summary.json").is_file():  # training and its summary were done: teardown
+                done = summary_status(out / r.name)
+                if done == "ok":  # training and its summary were done: teardown
                     r.status = "ok"
                     r.note = f"finished (summary.json written); stopped during teardown at the {budget_s:.0f} s budget"
                     finished_walls.append(r.wall_s)
-                else:
+                else:  # no summary yet, or the interrupt handler's (status: interrupted, steps short)
                     r.status = "stopped"
                     r.note = f"stopped at the {budget_s:.0f} s budget"
                 log(f"[{elapsed():6.0f}s] {r.status:7s} {r.name}: {r.note}"

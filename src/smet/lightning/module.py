@@ -74,6 +74,8 @@ class LMModule(L.LightningModule):
         self.model = self._built.model
         # None for the dense baseline; else the controller of the compact sparse layers
         self.sparse = self._built.controller
+        # train/max_logit: the largest output logit of each training batch (LlamaForCausalLM.loss)
+        self.model.track_max_logit = True
         self.last_loss: torch.Tensor | None = None
         # non-finite loss/gradients: skip the step (default), stop with a checkpoint, or off
         self.nonfinite_policy = str(cfg["trainer"].get("on_nonfinite", "skip"))
@@ -121,15 +123,20 @@ class LMModule(L.LightningModule):
             return None  # Lightning skips backward and the optimizer step of this batch
         self.last_loss = loss.detach()
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        if getattr(self.model, "last_max_logit", None) is not None:
+            self.log("train/max_logit", self.model.last_max_logit, on_step=True, on_epoch=False)
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Non-finite gradients: drop them (the step updates nothing) and skip this step's topology update."""
         self.skip_topology_update = False
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        norms = torch.stack(torch._foreach_norm(grads)).float() if grads else None
+        if norms is not None:  # before clipping (Lightning clips after this hook); no host sync here
+            self.log("train/grad_norm", norms.norm(), on_step=True, on_epoch=False)
         if self.nonfinite_policy == "off":
             return
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if not grads or bool(torch.stack(torch._foreach_norm(grads)).isfinite().all()):
+        if norms is None or bool(norms.isfinite().all()):
             self.nonfinite_run = 0  # a real step: the run of skipped steps is over
             return
         self._nonfinite("gradient", float("nan"))

@@ -623,4 +623,12 @@ PLOTS = (
     ("spike_by_method.png", "Loss spike after topology updates", plot_spike_by_method),
     ("paired_spike_by_method.png", "Paired loss spike vs the static run of the same seed", plot_paired_spike),
     ("update_ratio.png", "Update size of regrown vs mature weights", plot_update_ratio),
+    ("coldstart_vs_smet.png", "Cold start vs SMET: paired jump after each update",
+     lambda groups, path: _coldstart_plot(groups, path)),
 )
+
+
+def _coldstart_plot(groups, path):
+    from smet.report.coldstart import plot
+
+    return plot(groups, path)

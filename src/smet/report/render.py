@@ -108,7 +108,7 @@ def _notes(groups: Sequence[Group], skipped: dict[str, str], warnings: Sequence[
 
 def write_markdown(path: Path, *, title: str, groups: Sequence[Group], images: Sequence[tuple[str, str]],
                    skipped: dict[str, str], inputs: Sequence[str], warnings: Sequence[str] = (),
-                   info: dict | None = None) -> None:
+                   info: dict | None = None, sections: str = "") -> None:
     n_runs = sum(len(g.runs) for g in groups)
     out = [f"# {title}", "",
            f"{n_runs} run(s) in {len(groups)} group(s), generated {datetime.now():%Y-%m-%d %H:%M} by `smet-compare` "
@@ -118,6 +118,8 @@ def write_markdown(path: Path, *, title: str, groups: Sequence[Group], images: S
     notes = _notes(groups, skipped, warnings, info)
     if notes:
         out += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    if sections:  # extra Markdown sections (smet.report.coldstart)
+        out += [sections, ""]
     if images:
         out += ["## Figures", ""]
         for fname, caption in images:
@@ -169,7 +171,7 @@ def _md_inline(s: str) -> str:
 
 def write_html(path: Path, *, title: str, groups: Sequence[Group], images: Sequence[tuple[str, str]],
                skipped: dict[str, str], inputs: Sequence[str], warnings: Sequence[str] = (),
-               info: dict | None = None) -> None:
+               info: dict | None = None, sections: str = "") -> None:
     out_dir = path.parent
     n_runs = sum(len(g.runs) for g in groups)
     e = html.escape
@@ -181,6 +183,8 @@ def write_html(path: Path, *, title: str, groups: Sequence[Group], images: Seque
     notes = _notes(groups, skipped, warnings, info)
     if notes:
         parts += ["<h2>Notes</h2>", "<ul>"] + [f"<li>{_md_inline(n)}</li>" for n in notes] + ["</ul>"]
+    if sections:
+        parts.append(markdown_sections_html(sections))
     if images:
         parts.append("<h2>Figures</h2>")
         for fname, caption in images:
@@ -197,3 +201,34 @@ def write_html(path: Path, *, title: str, groups: Sequence[Group], images: Seque
                      f"<td><code>{e(r['source'])}</code>{note}</td><td>{cmd}</td></tr>")
     parts += ["</tbody></table>", "</body></html>"]
     path.write_text("\n".join(parts))
+
+
+def markdown_sections_html(md: str) -> str:
+    """The small Markdown of extra sections (## headings, paragraphs, pipe tables) as HTML."""
+    e = html.escape
+    parts: list[str] = []
+    rows: list[list[str]] = []
+
+    def flush() -> None:
+        if not rows:
+            return
+        head, *body = rows
+        parts.append("<table><thead><tr>" + "".join(f"<th>{e(c)}</th>" for c in head) + "</tr></thead><tbody>")
+        for r in body:
+            parts.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>")
+        parts.append("</tbody></table>")
+        rows.clear()
+
+    for line in md.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not all(set(c) <= set("-:") for c in cells):
+                rows.append(cells)
+            continue
+        flush()
+        if line.startswith("## "):
+            parts.append(f"<h2>{e(line[3:])}</h2>")
+        elif line.strip():
+            parts.append(f"<p>{_md_inline(line)}</p>")
+    flush()
+    return "\n".join(parts)

@@ -135,6 +135,9 @@ class SparseController:
             kind=ds.get("kind", "constant"), final=float(cfg.density), initial=float(ds.get("initial", 1.0)),
             start=int(ds.get("start") or 0), end=int(ds.get("end") or self.stop), power=float(ds.get("power", 3.0)))
         self._pending_growth = False
+        # slots regrown at the last update, per layer (survival at the next one: survival_metrics)
+        self._regrown_slots: dict[int, torch.Tensor] = {}
+        self._survival: list[tuple[torch.Tensor, ...]] = []
 
     # ------------------------------------------------------------------ wiring
     def attach_optimizer(self, optimizer: SlotStateObserver | None) -> None:
@@ -225,6 +228,7 @@ class SparseController:
             return None
         total_grown = 0
         p = self.drop(step)
+        self._survival = []
         for li, layer in enumerate(self.layers):
             total_grown += self._update_layer(li, layer, step)
         self.update_count += 1
@@ -235,6 +239,7 @@ class SparseController:
             "sparsity/regrown": float(total_grown),
             "sparsity/drop_fraction": float(p),
             "sparsity/density": self.density(),
+            **survival_metrics(self._survival),
         }
 
     def _update_layer(self, li: int, layer: SparseLinear, step: int) -> int:
@@ -244,12 +249,17 @@ class SparseController:
             return 0
         live_blocks = layer.idx[: layer.n_live].long()
         pruned = select_prune(layer, n_prune)
+        prev = self._regrown_slots.pop(li, None)
+        if prev is not None and n_prune:
+            self._survival.append(regrown_survival(layer, prev, pruned))
         candidates = layer.growth_candidates if self.cfg.growth == "gradient" else None
         new_blocks = select_grow(layer, live_blocks, n_grow, candidates=candidates,
                                  seed=_seed_for(self.seed, "grow", self.update_count, li))
         layer.growth_candidates = None
         pruned_blocks = live_blocks[pruned] if n_prune else None
         slots, keep_slots = rewrite_slots(layer, pruned, new_blocks, k_new)
+        if keep_slots is None and n_grow:  # constant count: a regrown block keeps its slot until pruned
+            self._regrown_slots[li] = slots.clone()
         notify_optimizer(self._optimizer, layer, slots, keep_slots, measure=bool(n_grow))
         if pruned_blocks is not None:  # the persistent dense copy: pruned positions back to 0
             layer.zero_dense_blocks(pruned_blocks)
@@ -262,10 +272,13 @@ class SparseController:
 
     # ----------------------------------------------------------- persistence
     def state_dict(self) -> dict:
-        return {"update_count": self.update_count, "n_live": [layer.n_live for layer in self.layers]}
+        return {"update_count": self.update_count, "n_live": [layer.n_live for layer in self.layers],
+                "regrown_slots": {int(li): t.cpu() for li, t in self._regrown_slots.items()}}
 
     def load_state_dict(self, state: Mapping) -> None:
         self.update_count = int(state["update_count"])
+        self._regrown_slots = {int(li): t.to(self.layers[int(li)].idx.device)
+                               for li, t in (state.get("regrown_slots") or {}).items()}
         for layer, n in zip(self.layers, state["n_live"]):
             layer.n_live = int(n)
             layer.refresh_dense()
@@ -337,6 +350,34 @@ def rewrite_slots(layer: SparseLinear, pruned: torch.Tensor, new_blocks: torch.T
     vals[:n_keep] = new_vals
     layer.n_live = n_live
     return torch.arange(n_keep, n_live, device=layer.idx.device), keep_slots
+
+
+def regrown_survival(layer: SparseLinear, prev: torch.Tensor, pruned: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """At an update that prunes ``pruned`` (slots), how the blocks regrown into ``prev`` at the previous
+    update fared: (blocks in prev, of them not pruned now, median sum|w| of prev / prune threshold,
+    median sum|w| of the other live blocks / threshold) as 0-d tensors on the layer's device (no sync).
+    The threshold is the largest score among the pruned blocks (a block at or below it was pruned)."""
+    score = _slot_values(layer)[: layer.n_live].float().abs().sum(1)
+    thr = score[pruned].max().clamp_min(torch.finfo(torch.float32).tiny)
+    is_prev = torch.zeros(layer.n_live, dtype=torch.bool, device=score.device)
+    is_prev[prev] = True
+    survived = (~torch.isin(prev, pruned)).sum()
+    mature = score[~is_prev]
+    mature_ratio = mature.median() / thr if mature.numel() else torch.full_like(thr, float("nan"))
+    return (torch.tensor(prev.numel(), device=score.device), survived, score[prev].median() / thr, mature_ratio)
+
+
+def survival_metrics(per_layer: list[tuple[torch.Tensor, ...]]) -> dict[str, float]:
+    """``sparsity/regrown_survival``: fraction of the blocks regrown at the previous update that this
+    update did not prune (all layers pooled); ``sparsity/regrown_score_ratio`` / ``_mature_score_ratio``:
+    mean over layers of the median block score sum|w| of those regrown blocks / of the other live
+    blocks, over the layer's prune threshold (< 1: below the threshold). Empty at the first update."""
+    if not per_layer:
+        return {}
+    n, kept, r_regrown, r_mature = (torch.stack([x[i].float() for x in per_layer]) for i in range(4))
+    vals = torch.stack([kept.sum() / n.sum().clamp_min(1), r_regrown.mean(), r_mature.mean()]).tolist()
+    return dict(zip(("sparsity/regrown_survival", "sparsity/regrown_score_ratio",
+                     "sparsity/mature_score_ratio"), vals))
 
 
 def notify_optimizer(optimizer: SlotStateObserver | None, layer: SparseLinear, slots: torch.Tensor,
