@@ -93,7 +93,9 @@ class SparsityCallback(L.Callback):
     fraction, overall and per-layer density; at the step after: mean |update| / lr of regrown vs
     mature weights (``sparsity/update_ratio_regrown`` / ``_mature``); ``spike_window`` (k) steps
     after: the loss-spike metric = mean train loss of the k steps after the update minus the mean
-    of the k steps up to it (``sparsity/spike``).
+    of the k steps up to it (``sparsity/spike``); from the second update on, the survival of the blocks
+    regrown at the previous update (``sparsity/regrown_survival``, ``..._score_ratio``:
+    ``smet.sparse.topology.survival_metrics``).
 
     Gradient accumulation / DDP: the RigL scoring request is made for the last micro-batch of an
     update step only (Lightning's own accumulation decision, the micro-batch DDP synchronises), so
