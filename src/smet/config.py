@@ -116,6 +116,9 @@ def check_optimizer(cfg: Mapping) -> None:
         raise SmetConfigError("optimizer.betas", f"must be two numbers in [0, 1), got {betas!r}")
 
 
+LOSS_IMPLS = ("exact", "chunked")  # model.loss_impl (LlamaForCausalLM.loss)
+
+
 def check_model(cfg: Mapping) -> None:
     for key in ("hidden_size", "intermediate_size", "num_layers", "num_heads"):
         _int(cfg, f"model.{key}", lo=1)
@@ -125,6 +128,8 @@ def check_model(cfg: Mapping) -> None:
     for key in ("init_std", "norm_eps", "rope_theta"):
         _float(cfg, f"model.{key}", lo=0.0, lo_open=True, required=False)
     _bool(cfg, "model.gradient_checkpointing")
+    _choice(cfg, "model.loss_impl", LOSS_IMPLS, required=False)
+    _int(cfg, "model.loss_chunk_tokens", lo=1, required=False)
 
 
 def check_data(cfg: Mapping) -> None:

@@ -14,6 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from smet.config import LOSS_IMPLS
+from smet.models.loss import linear_cross_entropy
+
 GEMM_ALIGNMENT = 64
 
 
@@ -29,6 +32,10 @@ class LlamaConfig:
     norm_eps: float = 1e-6
     init_std: float = 0.02
     gradient_checkpointing: bool = False
+    # LM head + loss: "exact" = full logits, fp32 F.cross_entropy; "chunked" = smet.models.loss
+    # (loss_chunk_tokens rows of logits at a time, gradients computed in the forward)
+    loss_impl: str = "exact"
+    loss_chunk_tokens: int = 4096
 
     @classmethod
     def from_dict(cls, d) -> "LlamaConfig":
@@ -45,7 +52,8 @@ class LlamaConfig:
     def validate(self) -> None:
         from smet.errors import SmetConfigError
 
-        for key in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "max_seq_len"):
+        for key in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "max_seq_len",
+                    "loss_chunk_tokens"):
             v = getattr(self, key)
             if not isinstance(v, int) or v <= 0:
                 raise SmetConfigError(f"model.{key}", f"must be a positive integer, got {v!r}")
@@ -55,6 +63,9 @@ class LlamaConfig:
             )
         if self.head_dim % 2:
             raise SmetConfigError("model.num_heads", f"head_dim {self.head_dim} must be even for RoPE")
+        if self.loss_impl not in LOSS_IMPLS:
+            raise SmetConfigError("model.loss_impl", f"unknown value {self.loss_impl!r}; choose one of "
+                                                     f"{', '.join(LOSS_IMPLS)}")
 
     def misaligned_dims(self) -> list[str]:
         """Linear-layer dimensions that are not a multiple of 64 (slow GEMMs on tensor cores)."""
@@ -219,6 +230,12 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.model(input_ids))
 
+    def compile(self, *args, **kwargs) -> None:
+        """``torch.compile`` the decoder stack (``self.model``): what :meth:`loss` runs on both paths (the
+        chunked loss calls ``self.model`` directly, so compiling this module's ``__call__`` would miss
+        it). The head and the loss stay eager (the chunked loss is its own autograd Function)."""
+        self.model.compile(*args, **kwargs)
+
     # ``loss`` stores the largest output logit of its batch here (a detached 0-d tensor on the
     # logits' device, no host sync) when ``track_max_logit`` is set: LMModule logs it as
     # ``train/max_logit`` (logit growth around topology updates, issue 14)
@@ -226,6 +243,15 @@ class LlamaForCausalLM(nn.Module):
     last_max_logit: torch.Tensor | None = None
 
     def loss(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        # chunked needs the head as a plain bias-free nn.Linear (a sparse head takes the exact path)
+        if self.config.loss_impl == "chunked" and type(self.lm_head) is nn.Linear and self.lm_head.bias is None:
+            hidden = self.model(input_ids)
+            out = linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), self.lm_head.weight,
+                                       targets.reshape(-1), chunk_rows=self.config.loss_chunk_tokens,
+                                       return_max_logit=self.track_max_logit)
+            if self.track_max_logit:
+                out, self.last_max_logit = out
+            return out
         logits = self(input_ids)
         if self.track_max_logit:
             self.last_max_logit = logits.detach().amax().float()
