@@ -10,7 +10,8 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --tar
 export PYTHONPATH=/tmp/site:$PWD/src SMET_CACHE_DIR=/tmp/smetcache SMET_DEBIAN_CORPUS=/tmp/dc
 export SMET_GIT_COMMIT=$(cat .cache/git_commit 2>/dev/null)
 mkdir -p /tmp/dc && tar xJf .cache/debian_corpus.tar.xz -C /tmp/dc --strip-components=1
-tr=(trainer=gpu trainer.precision=bf16-true trainer.progress_bar=none trainer.model_summary=false)
+# model.loss_impl=exact: the loss of calls A and B (seed 0), before the chunked loss became the default
+tr=(trainer=gpu trainer.precision=bf16-true trainer.progress_bar=none trainer.model_summary=false model.loss_impl=exact)
 fid=(python3 -m smet.fidelity.cli)
 "${fid[@]}" env --json "$OUT/env.json" > /dev/null
 "${fid[@]}" prepare --experiments fig1_mini "${tr[@]}" > "$OUT/prep.log" 2>&1
