@@ -138,15 +138,31 @@ class SMETOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         """As ``torch.optim.Optimizer``'s, but local steps keep their integer dtype and bits (the base
         class casts every non-``step`` state tensor to the parameter's float dtype: bf16 cannot even
-        hold the counts above 256)."""
+        hold the counts above 256).
+
+        A state saved by an optimizer of the other kind loads too (the fork test switches a static
+        run's optimizer to SMET's): without local steps saved, this optimizer (if it tracks them)
+        starts every slot mature, local step = min(saved step, step_cap), the convention of slots
+        alive since initialisation (module docstring); saved local steps it does not track are dropped.
+        """
         saved = {pid: st["local_step"] for pid, st in state_dict["state"].items() if "local_step" in st}
         super().load_state_dict(state_dict)
         ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         by_id = dict(zip(ids, params))
-        for pid, lt in saved.items():
-            p = by_id[pid]
-            self.state[p]["local_step"] = lt.to(device=p.device, dtype=self.local_step_dtype, copy=True)
+        sparse = {id(p): g["block_size"] for g in self.param_groups if g["sparse"] for p in g["params"]}
+        for pid, p in by_id.items():
+            st = self.state.get(p)
+            if not st or id(p) not in sparse:
+                continue
+            if not self.tracks_local_steps:
+                st.pop("local_step", None)
+            elif pid in saved:
+                st["local_step"] = saved[pid].to(device=p.device, dtype=self.local_step_dtype, copy=True)
+            else:
+                slots = p.numel() // sparse[id(p)]
+                st["local_step"] = torch.full((slots,), min(int(st["step"]), self.step_cap),
+                                              dtype=self.local_step_dtype, device=p.device)
 
     def measure_next_step(self, p: torch.nn.Parameter, regrown_slots: torch.Tensor) -> None:
         """Record mean |update| / lr of regrown vs mature slots of ``p`` at the next step."""

@@ -226,6 +226,15 @@ class SparseController:
             self._pending_growth = False
         if not self.is_update_step(step):
             return None
+        return self.update_now(step)
+
+    @torch.no_grad()
+    def update_now(self, step: int) -> dict[str, float]:
+        """Run the topology update of step ``step`` now, whether or not the schedule has one due
+        (:meth:`after_step` calls it on update steps; the fork test, ``smet.fidelity.fork``, calls
+        it at a fork point). Growth seeds follow :attr:`update_count`, which it increments; RigL
+        candidates exist only when :meth:`before_step` requested them for this step (else growth
+        falls back to random). Returns the update's metrics."""
         total_grown = 0
         p = self.drop(step)
         self._survival = []
