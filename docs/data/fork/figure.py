@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Fork-test figure and table of docs/results.md, from smet-fork output directories (fork.csv + summary.json).
 
-    tar xzf docs/data/fork/fork-results.tar.gz -C /tmp/fork
+    tar xzf docs/data/fork/fork-results.tar.gz -C /tmp/fork; tar xzf docs/data/fork/fork-results-at1000.tar.gz -C /tmp/fork
     python docs/data/fork/figure.py /tmp/fork/fork docs/data/fork/fork_test.png
 """
 
