@@ -26,10 +26,13 @@ def main(root: str, png: str) -> int:
 
     dirs = sorted((d for d in Path(root).iterdir() if (d / "fork.csv").is_file()),
                   key=lambda d: (int(d.name.split("_at")[1]), float(d.name[2:].split("_")[0])))
-    fig, axes = plt.subplots(1, len(dirs), figsize=(4.2 * len(dirs), 4.2), sharey=True)
+    cols = min(3, len(dirs))
+    rows = (len(dirs) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.8 * rows), sharey=True, squeeze=False)
+    axes = axes.ravel()
     print("| LR | fork at | treatment | regrown first step |Δθ|/lr | mean Δ (s, s+10] | (s, s+50] | (s, s+300] | max Δ (step) | Δ at s+300 |")
     print("|---:|---:|---|---:|---:|---:|---:|---:|---:|")
-    for ax, d in zip(np.atleast_1d(axes), dirs):
+    for ax, d in zip(axes, dirs):
         lr, at = d.name[2:].split("_at")
         loss = defaultdict(dict)
         for r in csv.DictReader(open(d / "fork.csv")):
@@ -55,8 +58,9 @@ def main(root: str, png: str) -> int:
             print(f"| {float(lr):g} | {at} | {t} | {fs.get('regrown', float('nan')):.4f} | {r['mean_diff_10']:+.4f} | "
                   f"{r['mean_diff_50']:+.4f} | {r['mean_diff_all']:+.4f} | {r['max_diff']:+.4f} ({r['max_diff_step']}) | "
                   f"{r['final_diff']:+.4f} |")
-    np.atleast_1d(axes)[0].set_ylabel("train loss − control (5-step mean, nats)")
-    np.atleast_1d(axes)[0].legend(fontsize=7)
+    for ax in axes[::cols]:
+        ax.set_ylabel("loss − control (5-step mean, nats)")
+    axes[0].legend(fontsize=7)
     fig.suptitle("Fork test, LLaMA-60M d = 0.25 (fig1_mini): one identical update, then each treatment; "
                  "control = no update, same batches", fontsize=10)
     fig.tight_layout()
