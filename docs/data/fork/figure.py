@@ -44,7 +44,7 @@ def main(root: str, png: str) -> int:
             st = sorted(loss[t])
             diff = np.array([loss[t][s] - ctrl[s] for s in st])
             sm = np.convolve(diff, np.ones(5) / 5, mode="valid")
-            ax.plot(st[4:], sm, lw=1.0, label=t)
+            ax.plot(st[4:], sm, lw=1.0, label=t, color=f"C{ORDER.index(t)}")  # one colour per treatment
         ax.axhline(0, color="k", lw=0.7)
         ax.set_title(f"LR {float(lr):g}, one update at step {at}", fontsize=9)
         ax.set_xlabel("optimizer step")
