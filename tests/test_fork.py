@@ -212,7 +212,8 @@ def test_smet_state_loads_into_static_and_round_trips():
     (["sparsity=dense"], "sparsity"),
     (["sparsity.density=1.0"], "sparsity.density"),
     (["fork.arms.naive.overrides=['sparsity=set','sparsity.density=0.25']"], "fork.arms.naive"),
-    (["-optimizer.lr_scaling=none", "fork.treatments=[smet]"], "fork.arms.smet"),  # smet's 1/d: another LR
+    (["fork.arms.smet.overrides=['sparsity=smet','optimizer.lr_scaling=inverse']", "fork.treatments=[smet]"],
+     "fork.arms.smet"),  # an arm with 1/d scaling: another LR than the base run's
     (["fork.treatments=[smet]"], "fork.out"),  # the existing, non-empty output dir
 ])
 def test_bad_input_exits_2_naming_the_key(base_overrides, tmp_path, capsys, extra, key):
