@@ -27,21 +27,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > 
 start=$SECONDS
 common=(--device cuda --interleave round --warmup-steps 3)
 shape=(data.seq_len=256 data.tokenizer.vocab_size=4096 sparsity.update_interval=10)
-part() {  # name, minimum seconds it needs, smet-bench args...
-  local name=$1 need=$2; shift 2
-  local left=$((budget - (SECONDS - start)))
-  if (( left < need )); then
-    echo "=== $name: SKIPPED (${left}s left of ${budget}s, needs ~${need}s)" | tee "$out/$name.skipped"
-    return
-  fi
-  echo "=== $name ($((SECONDS - start))s elapsed, ${left}s left): smet-bench $*"
-  local t0=$SECONDS
-  timeout --signal=INT --kill-after=20 "$((left - 5))" "$py" -m smet.bench.cli "${common[@]}" "$@" \
-      --time-budget "$((left - need / 2))" --out "$out/$name.json" --md "$out/$name.md" > "$out/$name.log" 2>&1
-  local rc=$?
-  echo "=== $name: rc=$rc wall=$((SECONDS - t0))s"
-  (( rc == 0 )) || tail -20 "$out/$name.log"
-}
+source "$here/scripts/gpu-part.sh"
 part a 60 model=130m data.batch_size=128 "${shape[@]}" trainer.precision=bf16-true \
      sparsity=dense,smet sparsity.density=0.5,0.25 sparsity.materialize=transient,persistent --steps 20 --rounds 2 \
      ${PROFILE_A:+--profile "$out/prof"}

@@ -45,21 +45,8 @@ shape=(data.batch_size="${BATCH:-128}" data.seq_len="${SEQ:-256}" data.tokenizer
        trainer.precision="${PRECISION:-bf16-true}" trainer.compile=false model.gradient_checkpointing=false
        sparsity.update_interval=10 "${extra[@]}")
 grid=(sparsity=dense,smet sparsity.density=0.5,0.25 sparsity.materialize=transient,persistent)
-part() {  # name, minimum seconds it needs, smet-bench args...
-  local name=$1 need=$2; shift 2
-  local left=$((budget - (SECONDS - start)))
-  if (( left < need )); then
-    echo "=== $name: SKIPPED (${left}s left of ${budget}s, needs ~${need}s)" | tee "$out/$name.skipped"
-    return
-  fi
-  echo "=== $name ($((SECONDS - start))s elapsed, ${left}s left): smet-bench $*"
-  local t0=$SECONDS
-  timeout --signal=INT --kill-after=20 "$((left - 5))" "$py" -m smet.bench.cli "${common[@]}" "$@" \
-      --time-budget "$((left - need / 2))" --out "$out/$name.json" --md "$out/$name.md" --force > "$out/$name.log" 2>&1
-  local rc=$?
-  echo "=== $name: rc=$rc wall=$((SECONDS - t0))s"
-  (( rc == 0 )) || tail -20 "$out/$name.log"
-}
+PART_FLAGS=(--force)
+source "$here/scripts/gpu-part.sh"
 m1=${models%% *}; m2=${models#* }; [[ "$m2" == "$models" ]] && m2=""
 part p130 60 model="$m1" "${shape[@]}" model.loss_impl=exact,chunked "${grid[@]}" --steps "$steps"
 [[ -n "$m2" ]] && part p350 90 model="$m2" "${shape[@]}" model.loss_impl=exact,chunked "${grid[@]}" \

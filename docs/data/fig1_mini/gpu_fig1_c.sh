@@ -6,10 +6,7 @@
 #   BUDGET=540 bash docs/data/fig1_mini/gpu_fig1_c.sh
 set -uo pipefail
 t0=$(date +%s)
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl > "$OUT/pip.log" 2>&1
-export PYTHONPATH=/tmp/site:$PWD/src SMET_CACHE_DIR=/tmp/smetcache SMET_DEBIAN_CORPUS=/tmp/dc
-export SMET_GIT_COMMIT=$(cat .cache/git_commit 2>/dev/null)
-mkdir -p /tmp/dc && tar xJf .cache/debian_corpus.tar.xz -C /tmp/dc --strip-components=1
+source docs/data/fig1_mini/gpu_setup.sh
 # model.loss_impl=exact: the loss of calls A and B (seed 0), before the chunked loss became the default
 tr=(trainer=gpu trainer.precision=bf16-true trainer.progress_bar=none trainer.model_summary=false model.loss_impl=exact)
 fid=(python3 -m smet.fidelity.cli)

@@ -7,10 +7,7 @@
 # .cache/debian_corpus.tar.xz carried:   bash docs/data/fig1_mini/gpu_fork.sh
 set -uo pipefail
 t0=$(date +%s)
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl > "$OUT/pip.log" 2>&1
-export PYTHONPATH=/tmp/site:$PWD/src SMET_CACHE_DIR=/tmp/smetcache SMET_DEBIAN_CORPUS=/tmp/dc
-export SMET_GIT_COMMIT=$(cat .cache/git_commit 2>/dev/null)
-mkdir -p /tmp/dc && tar xJf .cache/debian_corpus.tar.xz -C /tmp/dc --strip-components=1
+source docs/data/fig1_mini/gpu_setup.sh
 common=(+experiment=fig1_mini trainer=gpu trainer.precision=bf16-true model.loss_impl=exact fork.steps=300)
 python3 -m smet.fidelity.cli prepare --experiments fig1_mini trainer=gpu trainer.precision=bf16-true > "$OUT/prep.log" 2>&1
 echo "prep done $(( $(date +%s) - t0 ))s"
