@@ -41,6 +41,32 @@ def test_every_model_preset(model):
     assert cfg.model.name == model and cfg.model.hidden_size % cfg.model.num_heads == 0
 
 
+@pytest.mark.parametrize("model", options("model"))
+def test_every_model_preset_carries_every_model_key(model):
+    """conf/model is the single source of the model's defaults: every LlamaConfig field is in each preset
+    (null allowed: vocab_size / max_seq_len / activation_checkpointing), none left to Python."""
+    from dataclasses import fields
+
+    from smet.models.llama import LlamaConfig
+
+    cfg = compose_cfg(f"model={model}").model
+    missing = [f.name for f in fields(LlamaConfig) if f.name not in cfg]
+    assert not missing, f"conf/model/{model}.yaml lacks {missing}"
+    assert cfg.activation_checkpointing in (None, "none", "block", "mlp", "attention") and cfg.checkpoint_every >= 1
+
+
+def test_gradient_checkpointing_contradicting_activation_checkpointing_is_refused():
+    for overrides in (["model=7b", "model.activation_checkpointing=mlp"],
+                      ["model.gradient_checkpointing=true", "model.activation_checkpointing=none"]):
+        with pytest.raises(SmetConfigError) as err:
+            validate(compose_cfg(*overrides))
+        assert err.value.key == "model.activation_checkpointing" and "gradient_checkpointing=true" in str(err.value)
+    for overrides in (["model=7b"], ["model.gradient_checkpointing=true", "model.activation_checkpointing=block",
+                                     "model.checkpoint_every=2"], ["model=7b", "model.gradient_checkpointing=false",
+                                                                   "model.activation_checkpointing=attention"]):
+        validate(compose_cfg(*overrides))
+
+
 @pytest.mark.parametrize("sparsity", [s for s in options("sparsity") if s != "base"])
 def test_every_sparsity_preset(sparsity):
     cfg = compose_cfg(f"sparsity={sparsity}")
@@ -147,6 +173,9 @@ def test_every_experiment_composes(experiment):
     ("trainer.devices=0", "trainer.devices"),
     ("data.seq_len=0", "data.seq_len"),
     ("model.num_heads=5", "model.num_heads"),
+    ("model.activation_checkpointing=full", "model.activation_checkpointing"),
+    ("model.checkpoint_every=0", "model.checkpoint_every"),
+    ("model.loss_impl=fused", "model.loss_impl"),
     ("ckpt_path=/nonexistent/x.ckpt", "ckpt_path"),
     ("trainer=deepspeed", "trainer.strategy"),
     ("sparsity.method=magic", "sparsity.method"),

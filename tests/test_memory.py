@@ -15,9 +15,11 @@ import sys
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from smet.build import build_training
-from smet.compose import compose
+from smet.compose import compose, compose_points
 from smet.models.llama import LlamaConfig, LlamaForCausalLM, model_shapes
 from smet.sparse import attach_sparsity
 from smet.sparse.memory import (CATEGORIES, active_weight_count, bytes_per_active_weight, estimate_activations,
@@ -188,6 +190,182 @@ def test_activation_estimate_matches_saved_tensors():
     est = estimate_activations(MODEL, 2, SEQ, "32", False, VOCAB, sparse_materialize="transient")
     assert sum(seen_i64.values()) == 0  # no int64 index copy is kept from forward to backward
     assert est["transient_workspace"] == MODEL["hidden_size"] * MODEL["intermediate_size"] * 4
+
+
+class _LivePeak(TorchDispatchMode):
+    """Peak bytes of the tensor storages alive during a step (CPU), sampled after every ATen op: the
+    outputs of ops run inside the mode, minus the ``ignore`` tensors' storages (parameters, buffers,
+    the batch) and minus parameter gradients (static memory; see :meth:`watch_grads`)."""
+
+    def __init__(self, ignore):
+        super().__init__()
+        from torch.multiprocessing.reductions import StorageWeakRef
+
+        self._ref = StorageWeakRef
+        self.ignore = {t.untyped_storage().data_ptr() for t in ignore}
+        self.live: dict[tuple[int, int], object] = {}
+        self.grads: set[tuple[int, int]] = set()
+        self.peak = 0
+
+    def watch_grads(self, params) -> None:
+        def hook(p):
+            st = p.grad.untyped_storage()
+            self.grads.add((st.data_ptr(), st.nbytes()))
+        for p in params:
+            p.register_post_accumulate_grad_hook(hook)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                st = t.untyped_storage()
+                key = (st.data_ptr(), st.nbytes())
+                old = self.live.get(key)
+                if st.nbytes() and st.data_ptr() not in self.ignore and (old is None or old.expired()):
+                    self.live[key] = self._ref(st)
+                    self.grads.discard(key)  # a new storage where a freed gradient was
+        for key in [k for k, r in self.live.items() if r.expired()]:
+            del self.live[key]
+        self.peak = max(self.peak, sum(k[1] for k in self.live if k not in self.grads))
+        return out
+
+
+#: (model, batch, seq, vocab) of the live-peak checks: the first with the usual i/h, the second with
+#: intermediate << hidden (other backward moments are the peak there)
+_LIVE_SHAPES = {"wide_mlp": (dict(vocab_size=512, hidden_size=64, intermediate_size=192, num_layers=4, num_heads=4,
+                                  max_seq_len=64), 8, 64),
+                "narrow_mlp": (dict(vocab_size=64, hidden_size=128, intermediate_size=16, num_layers=3, num_heads=4,
+                                    max_seq_len=64), 8, 64)}
+_LIVE_CASES = ([("wide_mlp", "32", impl, m, k) for impl in ("exact", "chunked")
+                for m, k in (("none", 1), ("block", 1), ("block", 2), ("mlp", 1), ("mlp", 2), ("attention", 1),
+                             ("attention", 2))]
+               + [("wide_mlp", p, "chunked", m, 1) for p in ("bf16-true", "bf16-mixed")
+                  for m in ("none", "block", "mlp", "attention")]
+               + [("narrow_mlp", "32", "chunked", m, k) for m, k in (("none", 1), ("block", 2), ("mlp", 1),
+                                                                      ("attention", 1))])
+
+
+@pytest.mark.parametrize("shape,prec,impl,mode,every", _LIVE_CASES)
+def test_activation_estimate_equals_the_live_peak_on_cpu(shape, prec, impl, mode, every):
+    """estimate_activations()["total"] is the peak of the live tensors of a CPU training step (forward +
+    backward, parameter gradients left out: static memory) for every checkpointing mode / every-k,
+    both loss implementations (chunked: 64-row chunks, 8 of them) and the three precision families."""
+    model_cfg, batch, seq = _LIVE_SHAPES[shape]
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**model_cfg, loss_impl=impl, loss_chunk_tokens=64,
+                                         activation_checkpointing=mode, checkpoint_every=every))
+    if prec == "bf16-true":
+        model = model.to(torch.bfloat16)
+    x = torch.randint(0, model_cfg["vocab_size"], (batch, seq + 1))
+    live = _LivePeak(itertools.chain(model.parameters(), model.buffers(), [x]))
+    with live, torch.autocast("cpu", dtype=torch.bfloat16, enabled=prec == "bf16-mixed"):
+        loss = model.loss(x[:, :-1], x[:, 1:])
+        live.watch_grads(list(model.parameters()))
+        loss.backward()
+    est = estimate_activations(model_cfg, batch, seq, prec, mode, model_cfg["vocab_size"], checkpoint_every=every,
+                               loss_impl=impl, loss_chunk_tokens=64)
+    tokens = batch * seq
+    # the estimate also counts the token ids / targets (16 B a token, the tracker leaves the batch out)
+    assert abs(est["total"] - live.peak) <= 20 * tokens, (est, live.peak)
+
+
+# H200, bf16-true, batch 128 x 256, vocab 32000, no checkpointing, dense AdamW: torch.cuda.max_memory_allocated
+# of smet-bench (docs/data/issue15/issue15.tar.gz, p130 / p350 / chunk): (model, loss_impl, chunk) -> bytes
+H200_PEAKS = {("130m", "exact", 4096): 27369530368, ("130m", "chunked", 2048): 15722255360,
+              ("130m", "chunked", 4096): 16508699648, ("130m", "chunked", 8192): 18081588224,
+              ("130m", "chunked", 16384): 21227365376,
+              ("350m", "exact", 4096): 51725058560, ("350m", "chunked", 4096): 40913773056}
+H200_DIMS = {"130m": dict(hidden_size=768, intermediate_size=2048, num_layers=12, num_heads=12),
+             "350m": dict(hidden_size=1024, intermediate_size=2736, num_layers=24, num_heads=16)}
+
+
+@pytest.mark.parametrize("point", sorted(H200_PEAKS))
+def test_activation_estimate_matches_the_h200_peaks(point):
+    """Static (without the parameter gradients: zero_grad(set_to_none=True), none exists at the loss
+    peak) + estimated activations = the measured peak less the two cuBLAS workspaces (2 x 32 MiB, not
+    modelled), to 2 MiB. Fails if the chunked estimate ignores the chunk size or takes the exact figure."""
+    name, impl, chunk = point
+    dims = dict(H200_DIMS[name], vocab_size=32000)
+    static = predict_static(model_shapes(dims, 32000, 256), {"method": "dense"}, {}, "bf16-true")["all"]
+    act = estimate_activations(dims, 128, 256, "bf16-true", "none", 32000, loss_impl=impl, loss_chunk_tokens=chunk)
+    predicted = static["total"] - static["grads"] + act["total"] + 64 * 2**20
+    assert abs(predicted - H200_PEAKS[point]) < 2 * 2**20, (point, (predicted - H200_PEAKS[point]) / 2**20)
+
+
+def test_chunked_loss_estimate_follows_the_chunk_size():
+    dims = dict(H200_DIMS["130m"], vocab_size=32000)
+    V, N, H = 32000, 128 * 256, 768
+
+    def est(impl, chunk=4096, batch=128, prec="bf16-true"):
+        return estimate_activations(dims, batch, 256, prec, False, V, loss_impl=impl, loss_chunk_tokens=chunk)
+
+    exact = est("exact")
+    assert exact["logits"] == 12 * V * N
+    chunked = {c: est("chunked", c) for c in (1024, 2048, 4096, 8192, 16384)}
+    for c, e in chunked.items():
+        assert e["loss_chunk_rows"] == c and e["total"] < exact["total"]
+        # grad_h (bf16 N x H) + fp32 head-weight gradient V x H + one chunk: its logits, their fp32 copy and
+        # log-softmax, the previous chunk's gradient (12 V per row)
+        assert e["logits"] == 2 * N * H + 4 * V * H + 12 * V * c, c
+    assert chunked[16384]["total"] - chunked[8192]["total"] == 12 * V * 8192
+    # very small chunks: the loss backward (grad_h, grad_w and their scaled copies) is the larger moment
+    assert est("chunked", 64)["logits"] == 2 * 2 * N * H + (8 + 2) * V * H
+    # one chunk (chunk >= rows): no previous chunk's gradient, 10 V per row under bf16
+    one = est("chunked", 4096, batch=8)
+    assert one["loss_chunk_rows"] == 8 * 256 and one["logits"] == 2 * 2048 * H + 4 * V * H + 10 * V * 2048
+    assert est("chunked", 10**9, batch=8)["total"] == one["total"]
+    # the loss implementation reaches the estimate from a composed config (smet-memory)
+    from smet.cli import memory as cli
+
+    rows = cli.compute_rows(compose_points(["model=130m", "data.batch_size=128", "model.loss_impl=exact,chunked",
+                                            "model.loss_chunk_tokens=2048"], config_name="memory"))
+    by_impl = {r["loss_impl"]: r for r in rows}
+    assert by_impl["exact"]["activations_estimate_bytes"]["logits"] == exact["logits"]
+    assert by_impl["chunked"]["activations_estimate_bytes"]["logits"] == chunked[2048]["logits"]
+    assert by_impl["chunked"]["loss_chunk_tokens"] == 2048
+
+
+def test_checkpointing_estimate_orders_the_modes_and_every_k_interpolates():
+    for name in ("130m", "350m"):
+        dims = dict(H200_DIMS[name], vocab_size=32000)
+
+        def est(mode, every=1, impl="chunked"):
+            return estimate_activations(dims, 128, 256, "bf16-true", mode, 32000, checkpoint_every=every,
+                                        loss_impl=impl)
+
+        none, block, mlp, attn = (est(m) for m in ("none", "block", "mlp", "attention"))
+        assert none["total"] > attn["total"] > mlp["total"] > block["total"], name
+        assert none["layers"] > attn["layers"] > mlp["layers"] > block["layers"]
+        assert est(True)["total"] == block["total"] and est(False)["total"] == none["total"]
+        L = dims["num_layers"]
+        for mode in ("block", "mlp", "attention"):
+            ks = [est(mode, k) for k in (1, 2, 3, L, L + 1)]
+            # the kept activations interpolate linearly in the number of checkpointed blocks
+            for k, e in zip((1, 2, 3, L, L + 1), ks):
+                n = -(-L // k)
+                assert e["checkpointed_layers"] == n
+                assert e["layers"] == (n * ks[0]["layers"] + (L - n) * none["layers"]) // L
+            assert none["total"] >= ks[1]["total"] >= ks[0]["total"], mode
+            assert ks[3]["layers"] == ks[4]["layers"]  # k >= L: block 0 only
+        # with checkpointing the recompute in backward, not the loss, can be the peak (small chunks)
+        assert block["total"] == max(block["loss_peak"], block["backward_peak"])
+        small = estimate_activations(dims, 128, 256, "bf16-true", "block", 32000, loss_impl="chunked",
+                                     loss_chunk_tokens=256)
+        assert small["total"] == small["backward_peak"] > small["loss_peak"]
+    with pytest.raises(ValueError):
+        estimate_activations(H200_DIMS["130m"], 1, 8, "32", "full", 100)
+    with pytest.raises(ValueError):
+        estimate_activations(H200_DIMS["130m"], 1, 8, "32", "mlp", 100, checkpoint_every=0)
+    with pytest.raises(ValueError):
+        estimate_activations(H200_DIMS["130m"], 1, 8, "32", "none", 100, loss_impl="fused")
+
+
+def test_memory_model_tables_agree_with_the_config_module():
+    """smet.sparse (pure) keeps its own copies of the mode / loss names: the same as smet.config's."""
+    from smet import config
+    from smet.sparse import memory
+
+    assert memory.CHECKPOINT_MODES == config.CHECKPOINT_MODES and memory.LOSS_IMPLS == config.LOSS_IMPLS
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -29,9 +29,10 @@ def _json(capsys, argv):
     return json.loads(out)
 
 
-def _total(row, batch, ckpt):
+def _total(row, batch, ckpt, every=1):
     act = estimate_activations(row["model_dims"], batch, row["seq_len"], row["precision"], ckpt, row["vocab"],
-                               sparse_materialize=row["materialize"])
+                               sparse_materialize=row["materialize"], checkpoint_every=every,
+                               loss_impl=row["loss_impl"], loss_chunk_tokens=row["loss_chunk_tokens"])
     return row["static_bytes"]["total"] + act["total"]
 
 
@@ -50,7 +51,7 @@ def test_fits_and_largest_batch_consistent_with_prediction(capsys, gpu_args):
         assert g["usable_bytes"] == budget
         assert r["fits"] == (r["peak_estimate_bytes"] <= budget)
         assert r["headroom_bytes"] == budget - r["peak_estimate_bytes"]
-        for key, ckpt in (("no_checkpointing", False), ("checkpointing", True)):
+        for key, ckpt in (("no_checkpointing", "none"), ("checkpointing", "block")):
             b = r["max_batch"][key]
             if b:
                 assert _total(r, b, ckpt) <= budget
@@ -58,7 +59,8 @@ def test_fits_and_largest_batch_consistent_with_prediction(capsys, gpu_args):
                 assert _total(r, 1, ckpt) > budget
             assert _total(r, b + 1, ckpt) > budget
         # the fits column agrees with the max batch at the row's own checkpointing setting
-        own = r["max_batch"]["checkpointing" if r["activation_checkpointing"] else "no_checkpointing"]
+        assert r["activation_checkpointing"] in ("none", "block") and r["checkpoint_every"] == 1
+        own = r["max_batch"]["checkpointing" if r["activation_checkpointing"] == "block" else "no_checkpointing"]
         assert r["fits"] == (r["batch"] <= own)
         assert r["max_batch"]["checkpointing"] >= r["max_batch"]["no_checkpointing"]
 
@@ -175,6 +177,11 @@ def test_piped_output_is_plain_and_within_120_columns():
     (["--model", "13b", "--layers", "0", "--density", "0.5"], "--layers"),
     (["what", "--model", "13b", "--density", "0.5"], "what"),
     (["model=13b", "foo.bar=1"], "foo.bar"),
+    (["model=350m", "model.activation_checkpointing=full"], "model.activation_checkpointing"),
+    (["model=350m", "model.checkpoint_every=0"], "model.checkpoint_every"),
+    (["model=7b", "model.activation_checkpointing=mlp"], "model.activation_checkpointing"),  # 7b: gradient_ckpt true
+    (["model=350m", "model.activation_checkpointing=attention", "--activation-checkpointing"],
+     "model.activation_checkpointing"),
 ])
 def test_bad_input_one_line_exit_2(capsys, argv, option):
     with pytest.raises(SystemExit) as exc:
@@ -276,3 +283,28 @@ def test_swept_keys_outside_the_label_are_shown(capsys):
     rows = _json(capsys, ["model=130m", "optimizer.regrowth_warmup_steps=100,40000"])
     assert [r["label_extra"] for r in rows] == ["", "regrowth_warmup_steps=100", "regrowth_warmup_steps=40000"]
     assert [r["bytes_per_active_weight_formula"]["local_step"] for r in rows[1:]] == [2, 4]  # int16, int32
+
+
+def test_selective_checkpointing_and_loss_keys_compose_into_the_estimate(capsys):
+    rows = _json(capsys, ["model=350m", "sparsity=smet", "sparsity.density=0.25", "data.batch_size=64",
+                          "model.activation_checkpointing=none,mlp", "model.checkpoint_every=2",
+                          "model.loss_impl=chunked", "model.loss_chunk_tokens=2048"])
+    assert [(r["activation_checkpointing"], r["checkpoint_every"], r["method"]) for r in rows] == [
+        ("none", 1, "dense"), ("none", 1, "smet"), ("mlp", 2, "dense"), ("mlp", 2, "smet")]
+    for r in rows:
+        assert (r["loss_impl"], r["loss_chunk_tokens"]) == ("chunked", 2048)
+        act = estimate_activations(r["model_dims"], 64, r["seq_len"], r["precision"], r["activation_checkpointing"],
+                                   r["vocab"], sparse_materialize=r["materialize"],
+                                   checkpoint_every=r["checkpoint_every"], loss_impl="chunked",
+                                   loss_chunk_tokens=2048)
+        assert r["activations_estimate_bytes"] == act
+        assert r["peak_estimate_bytes"] == r["static_bytes"]["total"] + act["total"]
+    assert rows[2]["activations_estimate_bytes"]["total"] < rows[0]["activations_estimate_bytes"]["total"]
+    assert cli.main(["model=350m", "model.activation_checkpointing=mlp", "model.checkpoint_every=2"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # (the title wraps)
+    assert "activation checkpointing mlp, blocks 0, 2, 4, ..., loss chunked (4096 rows)" in out
+    # the older switch still means whole-block checkpointing of every block
+    old = _json(capsys, ["model=350m", "--activation-checkpointing"])
+    new = _json(capsys, ["model=350m", "model.activation_checkpointing=block"])
+    assert old[0]["activation_checkpointing"] == "block" and [dict(r, overrides=None) for r in old] == [
+        dict(r, overrides=None) for r in new]

@@ -81,6 +81,80 @@ def test_gradient_checkpointing_same_gradients():
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=n)
 
 
+@pytest.mark.parametrize("mode,every", [("block", 1), ("block", 2), ("mlp", 1), ("mlp", 2), ("attention", 1),
+                                        ("attention", 3)])
+def test_activation_checkpointing_modes_same_gradients(mode, every):
+    """Every mode / every-k gives the gradients of no checkpointing (fp32), and the loss."""
+    a, b = small(num_layers=4), small(num_layers=4, activation_checkpointing=mode, checkpoint_every=every)
+    b.load_state_dict(a.state_dict())
+    x = torch.randint(0, 97, (2, 24))
+    losses = [m.loss(x[:, :-1], x[:, 1:]) for m in (a, b)]
+    for loss in losses:
+        loss.backward()
+    torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=n)
+
+
+@pytest.mark.parametrize("mode,every,attn_runs,mlp_runs", [
+    ("none", 1, [1, 1, 1, 1, 1], [1, 1, 1, 1, 1]),
+    ("block", 1, [2, 2, 2, 2, 2], [2, 2, 2, 2, 2]),
+    ("block", 2, [2, 1, 2, 1, 2], [2, 1, 2, 1, 2]),  # blocks 0, 2, 4
+    ("mlp", 1, [1, 1, 1, 1, 1], [2, 2, 2, 2, 2]),
+    ("mlp", 3, [1, 1, 1, 1, 1], [2, 1, 1, 2, 1]),  # blocks 0, 3
+    ("attention", 2, [2, 1, 2, 1, 2], [1, 1, 1, 1, 1]),
+])
+def test_activation_checkpointing_recomputes_the_checkpointed_part(mode, every, attn_runs, mlp_runs):
+    """A checkpointed sub-block runs twice per step (forward + recompute in backward), the others once;
+    evaluation and no-grad forwards never checkpoint."""
+    m = small(num_layers=5, activation_checkpointing=mode, checkpoint_every=every)
+    counts = {"attn": [0] * 5, "mlp": [0] * 5}
+
+    def counted(module, key, j):  # (module forward hooks do not fire in a checkpoint's recompute)
+        forward = module.forward
+
+        def run(*args):
+            counts[key][j] += 1
+            return forward(*args)
+        module.forward = run
+
+    for j, layer in enumerate(m.model.layers):
+        counted(layer.self_attn, "attn", j)
+        counted(layer.mlp, "mlp", j)
+    x = torch.randint(0, 97, (2, 24))
+    loss = m.loss(x[:, :-1], x[:, 1:])
+    assert counts == {"attn": [1] * 5, "mlp": [1] * 5}  # forward: once each
+    loss.backward()
+    assert counts == {"attn": attn_runs, "mlp": mlp_runs}
+    for c in counts.values():
+        c[:] = [0] * 5
+    m.eval()
+    m.loss(x[:, :-1], x[:, 1:]).backward()
+    m.train()
+    with torch.no_grad():
+        m.loss(x[:, :-1], x[:, 1:])
+    assert counts == {"attn": [2] * 5, "mlp": [2] * 5}
+
+
+def test_gradient_checkpointing_is_the_block_alias_and_contradictions_are_refused():
+    from smet.errors import SmetConfigError
+
+    assert LlamaConfig(gradient_checkpointing=True).checkpointing == ("block", 1)
+    assert LlamaConfig(gradient_checkpointing=True, activation_checkpointing="block",
+                       checkpoint_every=2).checkpointing == ("block", 2)
+    assert LlamaConfig().checkpointing == ("none", 1)
+    assert LlamaConfig(activation_checkpointing="mlp", checkpoint_every=3).checkpointing == ("mlp", 3)
+    key_ac = "model.activation_checkpointing"
+    for kw, key in ((dict(gradient_checkpointing=True, activation_checkpointing="mlp"), key_ac),
+                    (dict(gradient_checkpointing=True, activation_checkpointing="none"), key_ac),
+                    (dict(activation_checkpointing="full"), "model.activation_checkpointing"),
+                    (dict(activation_checkpointing="mlp", checkpoint_every=0), "model.checkpoint_every"),
+                    (dict(checkpoint_every=True), "model.checkpoint_every")):
+        with pytest.raises(SmetConfigError) as err:
+            LlamaForCausalLM(LlamaConfig(**kw))
+        assert err.value.key == key and str(err.value).startswith(key) and "\n" not in str(err.value), kw
+
+
 def test_alignment_warning_for_paper_1b_not_for_aligned():
     for name, expect in (("1b", True), ("1b_aligned", False), ("130m", False)):
         cfg = yaml.safe_load((REPO / "conf" / "model" / f"{name}.yaml").read_text())

@@ -32,6 +32,8 @@ def train(tmp_path, *args):
     (["-m", "sparsity=smet", "sparsity.density=0.5,1.5"], "task 1 (sparsity=smet sparsity.density=1.5): "
                                                          "sparsity.density: must be in (0, 1], got 1.5"),
     (["-m", "logger=csv,tensorboard"], "task 1 (logger=tensorboard): logger: unknown option"),
+    (["model.gradient_checkpointing=true", "model.activation_checkpointing=mlp"],
+     "model.activation_checkpointing: 'mlp' contradicts model.gradient_checkpointing=true"),
 ])
 def test_bad_command_lines_get_one_line_and_exit_2_before_anything_is_written(tmp_path, args, key):
     r = train(tmp_path, *args, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}")
@@ -116,6 +118,8 @@ def test_conf_keys_come_from_conf():
     (["model.init_std=-1"], "model.init_std: must be > 0.0"),
     (["model.norm_eps=-1"], "model.norm_eps: must be > 0.0"),
     (["model.rope_theta=0"], "model.rope_theta: must be > 0.0"),
+    (["model.activation_checkpointing=full"], "model.activation_checkpointing: unknown value 'full'"),
+    (["model.checkpoint_every=0"], "model.checkpoint_every: must be an integer >= 1"),
     (["trainer.cpu_threads=-1"], "trainer.cpu_threads: must be >= 1"),
     (["trainer.cpu_threads=abc"], "trainer.cpu_threads: must be an integer"),
     (["trainer.limit_val_batches=-1"], "trainer.limit_val_batches: must be null, an integer >= 1"),

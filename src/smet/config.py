@@ -117,6 +117,38 @@ def check_optimizer(cfg: Mapping) -> None:
 
 
 LOSS_IMPLS = ("exact", "chunked")  # model.loss_impl (LlamaForCausalLM.loss)
+CHECKPOINT_MODES = ("none", "block", "mlp", "attention")  # model.activation_checkpointing (LlamaModel.forward)
+
+
+def checkpointing_of(model: Mapping) -> tuple[str, int]:
+    """The activation checkpointing a model config asks for: ``(mode, every)``.
+
+    ``model.activation_checkpointing``: ``none`` | ``block`` (a whole decoder block) | ``mlp`` (the
+    post-attention norm + MLP) | ``attention`` (the input norm + attention), or null: taken from the
+    older ``model.gradient_checkpointing`` (true = ``block``, false = ``none``). ``checkpoint_every``
+    k: blocks 0, k, 2k, ... are checkpointed. ``gradient_checkpointing: true`` with a mode other than
+    ``block`` is refused (:class:`SmetConfigError` naming ``model.activation_checkpointing``).
+    """
+    gc = model.get("gradient_checkpointing", False)
+    if gc is not None and not isinstance(gc, bool):
+        raise SmetConfigError("model.gradient_checkpointing", f"must be true or false, got {gc!r}")
+    mode = model.get("activation_checkpointing")
+    if mode is not None and mode not in CHECKPOINT_MODES:
+        raise SmetConfigError("model.activation_checkpointing",
+                              f"unknown value {mode!r}; choose one of {', '.join(CHECKPOINT_MODES)} (or null: "
+                              "model.gradient_checkpointing decides)")
+    every = model.get("checkpoint_every", 1)
+    every = 1 if every is None else every
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise SmetConfigError("model.checkpoint_every", f"must be an integer >= 1 (checkpoint blocks 0, k, 2k, "
+                                                        f"...), got {every!r}")
+    if mode is None:
+        return ("block" if gc else "none"), every
+    if gc and mode != "block":
+        raise SmetConfigError("model.activation_checkpointing",
+                              f"{mode!r} contradicts model.gradient_checkpointing=true (the older alias of "
+                              f"activation_checkpointing=block); set model.gradient_checkpointing=false")
+    return mode, every
 
 
 def check_model(cfg: Mapping) -> None:
@@ -128,6 +160,7 @@ def check_model(cfg: Mapping) -> None:
     for key in ("init_std", "norm_eps", "rope_theta"):
         _float(cfg, f"model.{key}", lo=0.0, lo_open=True, required=False)
     _bool(cfg, "model.gradient_checkpointing")
+    checkpointing_of(get(cfg, "model", {}))
     _choice(cfg, "model.loss_impl", LOSS_IMPLS, required=False)
     _int(cfg, "model.loss_chunk_tokens", lo=1, required=False)
 

@@ -78,7 +78,10 @@ class BenchRun:
 
     @property
     def ac(self) -> bool:
-        return bool(self.model.get("gradient_checkpointing", False))
+        """Any activation checkpointing (``model.activation_checkpointing`` / ``gradient_checkpointing``)."""
+        from smet.config import checkpointing_of
+
+        return checkpointing_of(self.model)[0] != "none"
 
     @property
     def tokens(self) -> int:

@@ -46,6 +46,10 @@ GPU_TABLE: dict[str, float] = {
 }
 GPU_ALIASES = {"h100": "h100-80gb", "4090": "rtx4090", "rtx-4090": "rtx4090", "h200-141gb": "h200"}
 
+#: model keys the table title shows (not repeated in the model label)
+TITLE_MODEL_KEYS = ("gradient_checkpointing", "activation_checkpointing", "checkpoint_every", "loss_impl",
+                    "loss_chunk_tokens")
+
 #: sparse-row fields the label shows already (other swept sparsity.* / optimizer.* keys are appended)
 LABELLED_KEYS = ("sparsity.method", "sparsity.variant", "sparsity.density", "sparsity.block_size",
                  "sparsity.materialize", "sparsity.allocation")
@@ -207,13 +211,15 @@ def resolve_point(point) -> dict[str, Any]:
     overrides = {}
     for tok in point.overrides:
         key = _override_key(tok)
-        # (not gradient_checkpointing: the title says "activation checkpointing on/off")
-        if key.startswith("model.") and key[6:] in model and key != "model.gradient_checkpointing":
+        # (not the checkpointing / loss keys: the title shows them)
+        if key.startswith("model.") and key[6:] in model and key[6:] not in TITLE_MODEL_KEYS:
             overrides[key[6:]] = model[key[6:]]
     label = name + (" (" + ", ".join(f"{k}={v}" for k, v in overrides.items()) + ")" if overrides else "")
+    mode, every = lc.checkpointing
     return {"cfg": cfg, "name": name, "label": label, "model_cfg": model, "vocab": vocab, "seq_len": seq_len,
             "batch": int(data["batch_size"]), "precision": str(cfg["trainer"]["precision"]),
-            "ckpt": bool(model.get("gradient_checkpointing", False)), "overrides": overrides,
+            "ckpt": mode, "ckpt_every": every if mode != "none" else 1,
+            "loss_impl": lc.loss_impl, "loss_chunk_tokens": lc.loss_chunk_tokens, "overrides": overrides,
             "params": lc.num_params(), "dims": {k: getattr(lc, k) for k in ("hidden_size", "intermediate_size",
                                                                             "num_layers", "num_heads", "vocab_size")},
             "sparsity": dict(cfg["sparsity"]), "optimizer": dict(cfg["optimizer"]), "tokens": list(point.overrides)}
@@ -249,7 +255,8 @@ def resolve_gpu(args) -> dict[str, Any] | None:
 
 
 def max_batch_that_fits(static_total: int, budget: int, model_cfg: dict, seq_len: int, precision: str,
-                        checkpointing: bool, vocab: int, sparse_materialize: str | None, cap: int = 1 << 20) -> int:
+                        checkpointing: bool | str, vocab: int, sparse_materialize: str | None, cap: int = 1 << 20,
+                        *, checkpoint_every: int = 1, loss_impl: str = "exact", loss_chunk_tokens: int = 4096) -> int:
     """Largest micro-batch ``b`` with ``static + activations(b) <= budget`` (0: not even b = 1).
 
     Uses :func:`smet.sparse.memory.estimate_activations` (non-decreasing in ``b``): doubling, then
@@ -259,7 +266,8 @@ def max_batch_that_fits(static_total: int, budget: int, model_cfg: dict, seq_len
 
     def fits(b: int) -> bool:
         act = estimate_activations(model_cfg, b, seq_len, precision, checkpointing, vocab,
-                                   sparse_materialize=sparse_materialize)
+                                   sparse_materialize=sparse_materialize, checkpoint_every=checkpoint_every,
+                                   loss_impl=loss_impl, loss_chunk_tokens=loss_chunk_tokens)
         return static_total + act["total"] <= budget
 
     if not fits(1):
@@ -282,8 +290,10 @@ def _gib(n: float) -> float:
 
 def _group_key(p: dict) -> tuple:
     """Points that share the dense baseline: same model, vocabulary, data shape, precision, checkpointing."""
-    return (p["label"], json.dumps(p["model_cfg"], sort_keys=True, default=str), p["vocab"], p["seq_len"],
-            p["batch"], p["precision"], p["ckpt"])
+    model = {k: v for k, v in p["model_cfg"].items()  # the effective checkpointing stands for its 3 keys
+             if k not in ("gradient_checkpointing", "activation_checkpointing", "checkpoint_every")}
+    return (p["label"], json.dumps(model, sort_keys=True, default=str), p["vocab"], p["seq_len"],
+            p["batch"], p["precision"], p["ckpt"], p["ckpt_every"])
 
 
 def point_row(p: dict, scfg: dict, ocfg: dict, *, dense_total: int | None, gpu: dict | None,
@@ -299,8 +309,9 @@ def point_row(p: dict, scfg: dict, ocfg: dict, *, dense_total: int | None, gpu: 
     pred = predict_static(shapes, scfg, ocfg, precision)
     active = active_weight_count(shapes, scfg)
     smat = None if dense else str(scfg.get("materialize", "transient"))
+    loss = {"loss_impl": p["loss_impl"], "loss_chunk_tokens": p["loss_chunk_tokens"]}
     act = estimate_activations(p["model_cfg"], p["batch"], seq_len, precision, p["ckpt"], vocab,
-                               sparse_materialize=smat)
+                               sparse_materialize=smat, checkpoint_every=p["ckpt_every"], **loss)
     total = pred["all"]["total"]
     row = {
         "model": p["name"], "method": method, "variant": None if dense else scfg.get("variant"),
@@ -308,7 +319,7 @@ def point_row(p: dict, scfg: dict, ocfg: dict, *, dense_total: int | None, gpu: 
         "block_size": None if dense else int(scfg.get("block_size", 1)),
         "allocation": None if dense else scfg.get("allocation", "uniform"),
         "precision": precision, "batch": p["batch"], "seq_len": seq_len, "vocab": vocab,
-        "activation_checkpointing": p["ckpt"],
+        "activation_checkpointing": p["ckpt"], "checkpoint_every": p["ckpt_every"], **loss,
         "static_bytes": pred["all"], "sparse_static_bytes": pred["sparse"],
         "active_weights": active,
         "bytes_per_active_weight": pred["sparse"]["total"] / active,
@@ -328,9 +339,9 @@ def point_row(p: dict, scfg: dict, ocfg: dict, *, dense_total: int | None, gpu: 
         row["gpu"] = dict(gpu)
         row["fits"] = row["peak_estimate_bytes"] <= budget
         row["headroom_bytes"] = budget - row["peak_estimate_bytes"]
-        row["max_batch"] = {
-            key: max_batch_that_fits(total, budget, p["model_cfg"], seq_len, precision, ckpt, vocab, smat)
-            for key, ckpt in (("no_checkpointing", False), ("checkpointing", True))}
+        row["max_batch"] = {  # without / with whole-block checkpointing of every block
+            key: max_batch_that_fits(total, budget, p["model_cfg"], seq_len, precision, ckpt, vocab, smat, **loss)
+            for key, ckpt in (("no_checkpointing", "none"), ("checkpointing", "block"))}
     return row
 
 
@@ -368,7 +379,9 @@ def compute_rows(points: Sequence, gpu: dict | None = None) -> list[dict[str, An
         rows = groups.get(_group_key(p))
         if rows is None:
             rows = groups[_group_key(p)] = [point_row(p, dict(dense_s), dict(dense_o), dense_total=None, gpu=gpu)]
-        if p["sparsity"].get("method", "dense") != "dense":
+        same = [r for r in rows if r["sparsity_cfg"] == p["sparsity"] and r["optimizer_cfg"] == p["optimizer"]
+                and r["label_extra"] == extra]
+        if p["sparsity"].get("method", "dense") != "dense" and not same:  # (checkpoint_every of "none": one row)
             rows.append(point_row(p, p["sparsity"], p["optimizer"], dense_total=rows[0]["static_bytes"]["total"],
                                   gpu=gpu, extra=extra))
     return [r for rows in groups.values() for r in rows]
@@ -427,7 +440,7 @@ def _titles(r0: dict, width: int) -> list[str]:
                  f"vocab {dims['vocab_size']})")
     lines = _wrap(head, width, "  ")
     sub = (f"precision {r0['precision']}, batch {r0['batch']} x seq {r0['seq_len']}, activation checkpointing "
-           f"{'on' if r0['activation_checkpointing'] else 'off'}")
+           f"{checkpointing_label(r0)}, loss {loss_label(r0)}")
     lines += _wrap(sub + ", figures in GiB", width, "  ")
     if "gpu" in r0:
         g = r0["gpu"]
@@ -435,6 +448,20 @@ def _titles(r0: dict, width: int) -> list[str]:
         lines += _wrap(f"GPU {gname} {g['mem_gib']:g} GiB - reserve {g['reserve_gib']:g} GiB = "
                        f"{_gib(g['usable_bytes']):.2f} GiB usable for static + activations", width, "  ")
     return lines
+
+
+def checkpointing_label(r: dict) -> str:
+    """``off``, ``block``, ``mlp every 2nd block`` ... of a row."""
+    mode, k = r["activation_checkpointing"], int(r.get("checkpoint_every", 1))
+    if mode in (None, False, "none"):
+        return "off"
+    mode = "block" if mode is True else mode
+    return mode if k == 1 else f"{mode}, blocks 0, {k}, {2 * k}, ..."
+
+
+def loss_label(r: dict) -> str:
+    impl = r.get("loss_impl", "exact")
+    return f"chunked ({r.get('loss_chunk_tokens')} rows)" if impl == "chunked" else str(impl)
 
 
 def _notes(rows: list[dict], wide: bool, width: int) -> list[str]:
@@ -449,15 +476,17 @@ def _notes(rows: list[dict], wide: bool, width: int) -> list[str]:
                  "buffers, exact for this code (grads counted as present, i.e. right after backward).")
     notes.append(f"{'B/active w' if wide else 'B/act w'}: static bytes of the sparse layers per active weight "
                  "(dense row: per weight of the same layers). vs dense: static total / dense AdamW static total.")
-    notes.append(f"* ESTIMATES: {'activations' if wide else 'act.'} = tensors saved for backward + fp32 "
-                 "logits/loss buffers + one transient dense weight/gradient + the int64 element index sparse "
-                 "layers save for backward (+ autocast weight copies under *-mixed); peak = static + activations. "
-                 "Excludes allocator fragmentation and CUDA context.")
+    notes.append(f"* ESTIMATES: {'activations' if wide else 'act.'} = tensors saved for backward (what "
+                 "activation checkpointing keeps) + the LM head / loss buffers at their peak (exact: fp32 "
+                 "full-vocabulary logits; chunked: one chunk's logits + the hidden-state and head-weight "
+                 "gradients) or one recomputed block + one transient dense weight/gradient, whichever is larger "
+                 "(+ autocast weight copies under *-mixed); peak = static + activations (grads counted as "
+                 "present). Excludes allocator fragmentation, CUDA context and cuBLAS workspaces.")
     if any("fits" in r for r in rows):
         notes.append("fits: peak* <= usable GPU memory at this batch and checkpointing setting. max b / max b ckpt: "
                      "the largest micro-batch with static + activations* <= usable, without / with activation "
-                     "checkpointing (0: not even batch 1). usable = GPU memory - --reserve (CUDA context, "
-                     "cuBLAS workspaces, fragmentation); an estimate, not a guarantee.")
+                     "checkpointing of every whole block (0: not even batch 1). usable = GPU memory - --reserve "
+                     "(CUDA context, cuBLAS workspaces, fragmentation); an estimate, not a guarantee.")
     out = []
     for n in notes:
         out += _wrap(n, width, "  ")
@@ -484,7 +513,8 @@ def render(rows: list[dict], out=None, *, wide: bool = False, tty: bool | None =
     tables: dict[tuple, list[dict]] = {}  # one table per title (model, precision, data shape, checkpointing)
     for r in rows:
         key = (r.get("model_label", r["model"]), r["precision"], r["batch"], r["seq_len"], r["vocab"],
-               r["activation_checkpointing"])
+               r["activation_checkpointing"], r.get("checkpoint_every", 1), r.get("loss_impl"),
+               r.get("loss_chunk_tokens"))
         tables.setdefault(key, []).append(r)
     for i, rs in enumerate(tables.values()):
         if i:
@@ -543,7 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
                "persistent \\\n      --gpu a100-40gb --wide\n"
                "overrides (KEY=VALUE; a,b sweeps; the defaults are conf/memory.yaml's):\n"
                + fill(f"model=NAME (required; {' '.join(available_presets())}), model.<key>=V (any model key: "
-                      "hidden_size, num_layers, num_heads, vocab_size, gradient_checkpointing, ...), "
+                      "hidden_size, num_layers, num_heads, vocab_size, "
+                      "activation_checkpointing=none|block|mlp|attention, checkpoint_every=k, "
+                      "loss_impl=chunked|exact, loss_chunk_tokens, ...), "
                       f"sparsity=METHOD ({methods}; dense: the baseline only), sparsity.<key>=V (density, "
                       "block_size, materialize, allocation, targets, ...), optimizer.<key>=V, trainer.precision=P, "
                       "data.batch_size=N, data.seq_len=N, data.tokenizer.vocab_size=V (model.vocab_size wins). The "

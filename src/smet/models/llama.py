@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from smet.config import LOSS_IMPLS
+from smet.config import LOSS_IMPLS, checkpointing_of
 from smet.models.loss import linear_cross_entropy
 
 GEMM_ALIGNMENT = 64
@@ -31,7 +31,12 @@ class LlamaConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
     init_std: float = 0.02
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # older alias: true = activation_checkpointing "block"
+    # "none" | "block" (whole decoder block) | "mlp" (post-attention norm + MLP) | "attention" (input
+    # norm + attention) | None (= gradient_checkpointing); applied to blocks 0, k, 2k, ... (k =
+    # checkpoint_every); torch.utils.checkpoint, non-reentrant, training only
+    activation_checkpointing: str | None = None
+    checkpoint_every: int = 1
     # LM head + loss: "exact" = full logits, fp32 F.cross_entropy; "chunked" = smet.models.loss
     # (loss_chunk_tokens rows of logits at a time, gradients computed in the forward)
     loss_impl: str = "exact"
@@ -49,6 +54,11 @@ class LlamaConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
 
+    @property
+    def checkpointing(self) -> tuple[str, int]:
+        """The effective activation checkpointing ``(mode, every)`` (:func:`smet.config.checkpointing_of`)."""
+        return checkpointing_of(self.to_dict())
+
     def validate(self) -> None:
         from smet.errors import SmetConfigError
 
@@ -63,6 +73,7 @@ class LlamaConfig:
             )
         if self.head_dim % 2:
             raise SmetConfigError("model.num_heads", f"head_dim {self.head_dim} must be even for RoPE")
+        checkpointing_of(self.to_dict())
         if self.loss_impl not in LOSS_IMPLS:
             raise SmetConfigError("model.loss_impl", f"unknown value {self.loss_impl!r}; choose one of "
                                                      f"{', '.join(LOSS_IMPLS)}")
@@ -181,9 +192,26 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def attention_block(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """The attention sub-block (input norm + attention), without the residual."""
+        return self.self_attn(self.input_layernorm(x), cos, sin)
+
+    def mlp_block(self, x: torch.Tensor) -> torch.Tensor:
+        """The MLP sub-block (post-attention norm + MLP), without the residual."""
+        return self.mlp(self.post_attention_layernorm(x))
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                checkpointing: str = "none") -> torch.Tensor:
+        """``checkpointing``: ``"attention"`` / ``"mlp"`` recompute that sub-block in backward (its input
+        is kept instead of its saved tensors); whole-block checkpointing is the caller's
+        (:class:`LlamaModel`)."""
+        if checkpointing == "attention":
+            x = x + checkpoint(self.attention_block, x, cos, sin, use_reentrant=False)
+        else:
+            x = x + self.attention_block(x, cos, sin)
+        if checkpointing == "mlp":
+            return x + checkpoint(self.mlp_block, x, use_reentrant=False)
+        return x + self.mlp_block(x)
 
 
 class LlamaModel(nn.Module):
@@ -193,16 +221,19 @@ class LlamaModel(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
-        self.gradient_checkpointing = cfg.gradient_checkpointing
+        # activation checkpointing (model.activation_checkpointing / checkpoint_every; training only)
+        self.activation_checkpointing, self.checkpoint_every = cfg.checkpointing
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
         cos, sin = self.rotary(input_ids.shape[1], input_ids.device)
-        for layer in self.layers:
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+        mode = self.activation_checkpointing if (self.training and torch.is_grad_enabled()) else "none"
+        for j, layer in enumerate(self.layers):
+            m = mode if j % self.checkpoint_every == 0 else "none"
+            if m == "block":
                 x = checkpoint(layer, x, cos, sin, use_reentrant=False)
             else:
-                x = layer(x, cos, sin)
+                x = layer(x, cos, sin, m)
         return self.norm(x)
 
 

@@ -333,19 +333,130 @@ def bytes_per_active_weight(sparsity_cfg: Mapping[str, Any] | None, optimizer_cf
 
 
 # ----------------------------------------------------------------------------- activations
+#: activation checkpointing modes (``model.activation_checkpointing``; ``smet.models.llama``)
+CHECKPOINT_MODES = ("none", "block", "mlp", "attention")
+#: LM-head + loss implementations (``model.loss_impl``; ``smet.models.llama`` / ``smet.models.loss``)
+LOSS_IMPLS = ("exact", "chunked")
+
+
+def _checkpoint_mode(checkpointing: bool | str | None) -> str:
+    if checkpointing is None or checkpointing is False:
+        return "none"
+    if checkpointing is True:
+        return "block"
+    if str(checkpointing) not in CHECKPOINT_MODES:
+        raise ValueError(f"unknown activation checkpointing {checkpointing!r}; choose one of "
+                         f"{', '.join(CHECKPOINT_MODES)} (or a bool: True = block)")
+    return str(checkpointing)
+
+
+def sub_block_activations(dims: Mapping[str, int], precision: str) -> dict[str, int]:
+    """Bytes per token of one decoder block, split as activation checkpointing sees it.
+
+    ``attention`` / ``mlp``: what the sub-block (input norm + attention / post-attention norm + MLP)
+    saves for backward; ``input``: a sub-block's input, the residual stream (what a checkpoint keeps
+    instead); ``alias``: the part of a sub-block's set that IS its input (the norm's fp32 input is
+    the residual tensor itself under ``32`` / ``*-mixed``, a copy under ``bf16-true``), so a
+    recomputed sub-block adds ``set - alias``; ``mlp_backward`` / ``attention_backward``: the
+    gradients alive together inside the sub-block's backward beyond its saved set - SwiGLU: the
+    gradients of the product, of silu(gate) and of up (3 x ``s i``) once the product itself is freed
+    (net ``2 s i``), or later the gradients of the norm output from up and gate (``2 s h``) with
+    gate's (``s i``) once gate, up, silu(gate) and the product are freed (net ``2 s h - 3 s i``,
+    larger only when ``i`` is well below ``h``); attention: the attention output's gradient and dq,
+    dk, dv (``4 s h``); both plus the residual-stream gradient (``s h``; 4h under ``*-mixed``). Checked on CPU with a
+    live-storage tracker (``tests/test_memory.py``). See :func:`estimate_activations`."""
+    param_bytes(precision)
+    mixed = str(precision).endswith("-mixed")
+    s = 2 if (mixed or str(precision).startswith("bf16")) else 4
+    h, i, a = (int(dims[k]) for k in ("hidden_size", "intermediate_size", "num_heads"))
+    if mixed:  # fp32 norms (input + normalised, 8h, + rsqrt) and one 2-byte cast per projection input
+        attn = 8 * h + 4 + 2 * (3 * h + 4 * h) + 4 * a
+        mlp = 8 * h + 4 + 2 * (2 * h + 4 * i)
+        x = 4 * h
+    else:  # norm: fp32 input (4h) + rsqrt (4) + normalised input and output (2 s h)
+        attn = 4 * h + 4 + s * (2 * h + 4 * h) + 4 * a
+        mlp = 4 * h + 4 + s * (2 * h + 4 * i)
+        x = s * h
+    return {"attention": attn, "mlp": mlp, "input": x, "alias": x if x == 4 * h else 0,
+            "mlp_backward": max(2 * s * i, 2 * s * h - 3 * s * i) + x, "attention_backward": 4 * s * h + x}
+
+
+def loss_activations(hidden_size: int, vocab: int, tokens: int, precision: str, loss_impl: str = "exact",
+                     loss_chunk_tokens: int = 4096) -> dict[str, int]:
+    """Bytes of the LM head + loss at its peak (``loss_impl`` ``exact`` or ``chunked``, ``tokens`` rows).
+
+    ``exact``: ``12 V`` per token - the fp32 log-softmax cross-entropy saves, plus the two fp32 N x V
+    gradient buffers alive in its backward (log-softmax's grad input and output).
+
+    ``chunked`` (``smet.models.loss``; ``c = min(loss_chunk_tokens, N)`` rows a chunk, ``l`` = bytes of
+    the compute dtype, 2 under bf16 precisions / autocast, 4 under ``32``): the gradients are computed
+    in the forward, so its peak is inside the forward's chunk loop, where exist
+
+    * the hidden-state gradient ``N x H`` (compute dtype) and the fp32 head-weight gradient accumulator
+      ``V x H`` (``grad_h``, ``grad_w``: ``l N H + 4 V H``);
+    * one chunk's logits (``l V c``), the fp32 copy ``log_softmax(dtype=float32)`` casts them to
+      (``4 V c``, not under ``32``) and its fp32 output (``4 V c``);
+    * the previous chunk's gradient ``softmax - onehot`` in the compute dtype (``l V c``: the loop
+      variable ``g`` still holds it while the next chunk's logits are made; absent with one chunk);
+    * under ``*-mixed`` also the head weight's and the chunk's rows' casts to the compute dtype
+      (``l V H + l c H``; autocast is off inside, so the head has no autocast copy).
+
+    That is ``12 V c`` under bf16 and under fp32 alike (the measured slope on an H200, 130m
+    bf16-true: 12.0 V bytes per chunk row). The other moment of a chunk - its gradient ``l V c``
+    plus the ``V x H`` product ``g^T h`` (compute dtype) before it is added to the accumulator - is
+    taken when larger (very small chunks), as is the moment of its hidden-state gradient ``g @ w``
+    and its masked copy (``l V c + 2 l c H``, small vocabularies). The loss backward holds
+    ``grad_h`` and ``grad_w`` with their scaled copies (``2 l N H + (8 + p) V H``, p = 0 for fp32
+    parameters); the larger of the two phases is the figure. Returns ``{"loss": bytes,
+    "chunk_rows": c (0: exact), "phase": "forward" | "backward"}``.
+    """
+    impl = str(loss_impl)
+    if impl not in LOSS_IMPLS:
+        raise ValueError(f"unknown loss_impl {loss_impl!r}; choose one of {', '.join(LOSS_IMPLS)}")
+    p = param_bytes(precision)
+    mixed = str(precision).endswith("-mixed")
+    lb = 2 if (mixed or str(precision).startswith("bf16")) else 4  # compute dtype of the head matmul
+    hb = 4 if mixed else lb  # hidden states (fp32 residual stream under *-mixed)
+    V, H, N = int(vocab), int(hidden_size), int(tokens)
+    if impl == "exact":
+        return {"loss": 12 * V * N, "chunk_rows": 0, "phase": "backward"}
+    if int(loss_chunk_tokens) < 1:
+        raise ValueError(f"loss_chunk_tokens must be positive, got {loss_chunk_tokens}")
+    c = min(int(loss_chunk_tokens), N)
+    cast = 4 if lb != 4 else 0
+    prev = lb if N > c else 0
+    chunk = max(V * c * (prev + lb + cast + 4),  # logits, their fp32 copy, log-softmax, previous g
+                V * c * lb + 2 * lb * c * H,  # g, the chunk's hidden gradient g @ w and its masked copy
+                V * (lb * c + lb * H) + lb * c * H)  # g, g^T (h * mask) before it joins the accumulator
+    if hb != lb:  # *-mixed: the chunk's rows cast to the compute dtype
+        chunk += lb * c * H
+    # + the head weight cast to the compute dtype for the whole loop (*-mixed: fp32 parameters)
+    forward = lb * N * H + 4 * V * H + (lb * V * H if p != lb else 0) + chunk
+    backward = N * H * (2 * lb + (hb if hb != lb else 0)) + V * H * (8 + (p if p != 4 else 0))
+    if forward >= backward:
+        return {"loss": forward, "chunk_rows": c, "phase": "forward"}
+    return {"loss": backward, "chunk_rows": c, "phase": "backward"}
+
+
 def estimate_activations(dims: Mapping[str, int], batch: int, seq_len: int, precision: str,
-                         checkpointing: bool, vocab: int, *, sparse_materialize: str | None = None) -> dict[str, int]:
+                         checkpointing: bool | str, vocab: int, *, sparse_materialize: str | None = None,
+                         checkpoint_every: int = 1, loss_impl: str = "exact",
+                         loss_chunk_tokens: int = 4096) -> dict[str, int]:
     """ESTIMATE (not a measurement) of the activation memory at the peak of one training step, bytes.
 
     ``dims``: the decoder's ``hidden_size``, ``intermediate_size``, ``num_heads``, ``num_layers``
-    (a LLaMA model config has them as keys).
+    (a LLaMA model config has them as keys). ``checkpointing``: ``"none"``, ``"block"``, ``"mlp"``,
+    ``"attention"`` (``model.activation_checkpointing``; a bool: ``True`` = ``"block"``), applied to
+    blocks ``0, k, 2k, ...`` (``checkpoint_every`` = k). ``loss_impl`` / ``loss_chunk_tokens``: the
+    model's ``model.loss_impl`` / ``model.loss_chunk_tokens`` (see :func:`loss_activations`).
 
     Per token, with ``s`` = activation bytes (2 under ``bf16-true``, 4 under ``32``), hidden
     ``h``, intermediate ``i``, heads ``a``, layers ``L``, vocabulary ``V``:
 
     * per decoder layer (tensors autograd saves for backward), ``32`` / ``bf16-true``::
 
-          8h + 8 + s * (8h + 4i) + 4a
+          8h + 8 + s * (8h + 4i) + 4a  =  attention sub-block  4h + 4 + s * 6h + 4a
+                                        + MLP sub-block        4h + 4 + s * (2h + 4i)
 
       ``8h + 8``: each of the 2 RMSNorms keeps its fp32 input (4h) and rsqrt (4);
       ``s * 8h``: per norm the normalised input and the output (2 x 2h), q / k after RoPE and v
@@ -354,17 +465,24 @@ def estimate_activations(dims: Mapping[str, int], batch: int, seq_len: int, prec
       (flash / memory-efficient SDPA, also PyTorch's CPU flash kernel);
     * ``bf16-mixed`` / ``16-mixed`` (fp32 residual stream, 2-byte autocast activations)::
 
-          16h + 8 + 2 * (9h + 4i) + 4a
+          16h + 8 + 2 * (9h + 4i) + 4a  =  attention 22h + 4 + 4a  +  MLP 12h + 4 + 8i
 
       the norms keep fp32 normalised inputs (+8h), and every projection saves its own 2-byte cast
       of its input (q, k, v and gate, up each make one: 5h) besides q / k / v / attention output
       (4h) and the 4 MLP tensors (4i);
-    * with activation checkpointing: each layer keeps only its input (``s * h``; 4h under
-      ``*-mixed``), plus one layer's full set while it is recomputed in backward;
-    * outside the layers: ``16 + 4 + 4h + 2sh`` (token ids and targets, the final norm;
-      ``20 + 10h`` under ``*-mixed``);
-    * logits: ``12 V`` - the fp32 log-softmax cross-entropy saves, plus the two fp32 gradient
-      buffers alive at the start of backward (the loss is computed in fp32 whatever the precision);
+    * ``layers``: activation checkpointing (``torch.utils.checkpoint``, non-reentrant) keeps, per
+      checkpointed block, its input instead of the checkpointed part's set (``s h``; ``4h`` under
+      ``*-mixed``): ``block``: the input only; ``attention``: input + the MLP sub-block's set;
+      ``mlp``: the attention sub-block's set + the MLP's input. Other blocks keep everything;
+    * ``outside_layers``: ``16 + 4 + 4h + 2sh`` (token ids and targets, the final norm;
+      ``20 + 10h`` under ``*-mixed``, ``20 + 12h`` with the chunked loss: its fp32 input);
+    * ``logits``: the LM head + loss at its peak, :func:`loss_activations` - ``12 V`` per token
+      for ``exact``; for ``chunked`` one chunk's ``~12 V`` per chunk row plus ``grad_h`` (N x H)
+      and the fp32 ``V x H`` head-weight gradient accumulator;
+    * ``recompute``: in backward the last checkpointed block ``j`` rebuilds its checkpointed part's
+      set (less what is its kept input, :func:`sub_block_activations`), while the gradients of
+      its backward (``backward_transient``: SwiGLU ``2 s i + s h``, attention ``4 s h + s h``)
+      exist and blocks after ``j`` are already freed;
     * ``transient_workspace`` (sparse models, ``sparse_materialize`` given): one dense
       ``out x in`` tensor of the largest sparse layer in the compute dtype - the scattered weight
       (transient forward / backward) or the dense weight gradient that backward gathers from; the
@@ -374,37 +492,76 @@ def estimate_activations(dims: Mapping[str, int], batch: int, seq_len: int, prec
     * ``autocast_copies`` (``*-mixed`` precisions): the 2-byte casts autocast keeps of the dense
       ``nn.Linear`` weights during the step (sparse layers cast their own values, transiently).
 
+    ``total`` is the peak, not the sum of the parts: the larger of two moments,
+
+    * ``loss_peak`` = ``layers + outside_layers + logits`` (end of forward / start of backward:
+      every block's saved tensors, the loss's buffers; no block recomputed, no sparse layer busy);
+    * ``backward_peak`` = the saved tensors of blocks ``0..j`` + ``recompute`` +
+      ``backward_transient`` + ``transient_workspace``, in the backward of block ``j`` (the last
+      checkpointed block; the last block without checkpointing): the larger of its MLP stage and
+      its attention stage (where the MLP's set is gone); or, if larger, every block's saved tensors
+      + ``24 h`` in the final RMSNorm's backward (its fp32 input and 5 fp32 ``N x h`` temporaries),
+
+    plus ``autocast_copies``. Parameter gradients are static memory (``predict_static`` counts them
+    as present); with ``optimizer.zero_grad(set_to_none=True)`` they do not exist yet at
+    ``loss_peak``.
+
     The per-layer and outside terms match the saved tensors of this model exactly on CPU (checked
-    with ``torch.autograd.graph.saved_tensors_hooks``). Not counted: allocator fragmentation,
-    CUDA context / cuBLAS workspaces, communication buffers, short-lived intermediates inside a
-    layer's backward. Use it as a planning figure, not a guarantee.
+    with ``torch.autograd.graph.saved_tensors_hooks``), and ``total`` the live-tensor peak of a CPU
+    step for every mode (``tests/test_memory.py``). Not counted: allocator fragmentation, CUDA
+    context, cuBLAS workspaces (on an H200 a constant 64 MiB of the measured peak), kernel
+    workspaces (e.g. flash attention's fp32 dq accumulator in backward), communication buffers.
+    Other moments of a block's backward (the gate / up projections' input gradients, a norm's
+    backward inside a block) are below these unless ``intermediate_size`` is well below
+    ``hidden_size``. Use it as a planning figure, not a guarantee.
     """
-    param_bytes(precision)
+    mode = _checkpoint_mode(checkpointing)
+    every = int(checkpoint_every)
+    if every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     mixed = str(precision).endswith("-mixed")
     s = 2 if (mixed or str(precision).startswith("bf16")) else 4
-    h, i, a, L = (int(dims[k]) for k in ("hidden_size", "intermediate_size", "num_heads", "num_layers"))
+    sub = sub_block_activations(dims, precision)
+    h, i, L = (int(dims[k]) for k in ("hidden_size", "intermediate_size", "num_layers"))
     V = int(vocab)
     tokens = int(batch) * int(seq_len)
-    if mixed:
-        per_layer = 16 * h + 8 + 2 * (9 * h + 4 * i) + 4 * a
-        layer_input, outside = 4 * h, 20 + 10 * h
-    else:
-        per_layer = 8 * h + 8 + s * (8 * h + 4 * i) + 4 * a
-        layer_input, outside = s * h, 20 + 4 * h + 2 * s * h
-    if checkpointing:
-        layers = tokens * (L * layer_input + per_layer)
-    else:
-        layers = tokens * L * per_layer
-    out = {"layers": layers, "outside_layers": tokens * outside, "logits": tokens * 12 * V}
+    A, M, x, alias = sub["attention"], sub["mlp"], sub["input"], sub["alias"]
+    per_layer = A + M
+    kept = {"none": per_layer, "block": x, "attention": x + M, "mlp": A + x}[mode]
+    n_ckpt = 0 if mode == "none" else -(-L // every)  # blocks 0, k, 2k, ...
+    last = L - 1 if mode == "none" else every * ((L - 1) // every)  # block j whose backward is the peak
+    before = n_ckpt * kept + (last + 1 - n_ckpt) * per_layer  # saved by blocks 0..j
+    # block j's backward: (recomputed set, gradients) in its MLP stage and in its attention stage
+    rec_mlp = {"block": per_layer - alias, "mlp": M - alias}.get(mode, 0)
+    rec_attn = {"block": A - alias, "attention": A - alias}.get(mode, 0)
+    mlp_in_layers = M if mode in ("none", "attention") else 0  # freed before the attention stage
+    mlp_stage = rec_mlp + sub["mlp_backward"]
+    attn_stage = rec_attn + sub["attention_backward"] - mlp_in_layers
+    outside = 20 + 10 * h if mixed else 20 + 4 * h + 2 * s * h
+    chunked = str(loss_impl) == "chunked"
+    if mixed and chunked:  # the fp32 final-norm output is alive, not the head's 2-byte cast of it
+        outside += 2 * h
+    loss = loss_activations(h, V, tokens, precision, loss_impl, loss_chunk_tokens)
+    out = {"layers": tokens * ((L - n_ckpt) * per_layer + n_ckpt * kept),
+           "outside_layers": tokens * outside, "logits": loss["loss"],
+           "recompute": tokens * (rec_mlp if mlp_stage >= attn_stage else rec_attn),
+           "backward_transient": tokens * (sub["mlp_backward"] if mlp_stage >= attn_stage
+                                           else sub["attention_backward"] - mlp_in_layers)}
     sparse = sparse_materialize in ("transient", "persistent")
     out["transient_workspace"] = max(h * h, h * i) * s if sparse else 0
     autocast = 0
     if mixed:
-        dense_linear = V * h  # lm_head
+        dense_linear = 0 if chunked else V * h  # lm_head (the chunked loss casts it itself)
         if sparse_materialize is None:
             dense_linear += L * (4 * h * h + 3 * h * i)
         autocast = 2 * dense_linear
     out["autocast_copies"] = autocast
-    out["total"] = sum(out.values())
+    out["loss_peak"] = out["layers"] + out["outside_layers"] + out["logits"]
+    out["backward_peak"] = max(tokens * (before + max(mlp_stage, attn_stage)) + out["transient_workspace"],
+                               out["layers"] + tokens * 24 * h)  # the final norm's backward
+    out["total"] = autocast + max(out["loss_peak"], out["backward_peak"])
     out["per_token_per_layer"] = per_layer
+    out["per_token_per_checkpointed_layer"] = kept if n_ckpt else per_layer
+    out["checkpointed_layers"] = n_ckpt
+    out["loss_chunk_rows"] = loss["chunk_rows"]
     return out
