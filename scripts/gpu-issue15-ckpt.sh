@@ -32,19 +32,8 @@ steps=${STEPS:-10}
 modes=${MODES:-none,block,mlp,attention}
 every=${EVERY:-2}
 here=$(cd "$(dirname "$0")/.." && pwd)
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
-export PYTHONPATH="$here/src${PYTHONPATH:+:$PYTHONPATH}"
-if ! "$py" -c "import hydra, omegaconf" 2>/dev/null; then
-  site=$(mktemp -d /tmp/smet-site.XXXX)
-  "$py" -m pip install -q --no-index --no-deps --no-compile --target "$site" \
-    "$here"/.whl/hydra_core-*.whl "$here"/.whl/omegaconf-*.whl "$here"/.whl/antlr4_python3_runtime-*.whl || exit 2
-  export PYTHONPATH="$PYTHONPATH:$site"
-fi
-export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 || true
-  "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" 2>&1
-  echo "PYTORCH_CUDA_ALLOC_CONF=$PYTORCH_CUDA_ALLOC_CONF"; } > "$out/gpu.txt"
+source "$here/scripts/gpu-part.sh"
+bench_setup   # out -> absolute, PYTHONPATH, hydra wheels if missing, $out/gpu.txt
 start=$SECONDS
 read -r -a extra <<< "${EXTRA:-}"
 common=(--device "$device" --interleave round --rounds 1 --warmup-steps 3)
@@ -54,7 +43,6 @@ shape=(data.batch_size="${BATCH:-128}" data.seq_len="${SEQ:-256}" data.tokenizer
 grid=(sparsity=dense,smet sparsity.density=0.25 sparsity.materialize=persistent)
 ckpt_modes=${modes//none,/}; ckpt_modes=${ckpt_modes//,none/}  # every-k parts: the checkpointing modes only
 PART_FLAGS=(--force)
-source "$here/scripts/gpu-part.sh"
 m1=${models%% *}; m2=${models#* }; [[ "$m2" == "$models" ]] && m2=""
 s2=$(( steps > 4 ? steps - 2 : steps ))
 part c130 45 model="$m1" "${shape[@]}" model.activation_checkpointing="$modes" "${grid[@]}" --steps "$steps"
@@ -67,24 +55,21 @@ part k130 35 model="$m1" "${shape[@]}" model.activation_checkpointing="$ckpt_mod
 
 echo
 echo "######## issue 15: selective activation checkpointing ($((SECONDS - start))s total) — $(head -1 "$out/gpu.txt")"
-"$py" - "$out" <<'EOF' | tee "$out/summary.md"
+"$py" - "$out" "$here/scripts" <<'EOF' | tee "$out/summary.md"
 import json, sys
 from pathlib import Path
 
 from smet.config import checkpointing_of
 
 out = Path(sys.argv[1])
-
-
-def gib(b):
-    return "-" if not b else f"{b / 2**30:.2f}"
+sys.path.insert(0, sys.argv[2])
+from bench_parts import gib, load_parts  # noqa: E402
 
 
 print("| part | model | method | d | ckpt | every | tokens/s | step ms | vs dense none | peak alloc GiB | "
       "vs dense none | peak reserved GiB |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-parts = {p: json.loads((out / f"{p}.json").read_text()) for p in ("c130", "c350", "k130", "k350")
-         if (out / f"{p}.json").exists()}
+parts = load_parts(out, ("c130", "c350", "k130", "k350"))
 base = {}  # (model, method) without checkpointing: tokens/s, peak
 for recs in parts.values():
     for r in recs:

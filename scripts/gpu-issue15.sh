@@ -25,19 +25,8 @@ device=${DEVICE:-cuda}
 models=${MODELS:-130m 350m}
 steps=${STEPS:-10}
 here=$(cd "$(dirname "$0")/.." && pwd)
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
-export PYTHONPATH="$here/src${PYTHONPATH:+:$PYTHONPATH}"
-if ! "$py" -c "import hydra, omegaconf" 2>/dev/null; then
-  site=$(mktemp -d /tmp/smet-site.XXXX)
-  "$py" -m pip install -q --no-index --no-deps --no-compile --target "$site" \
-    "$here"/.whl/hydra_core-*.whl "$here"/.whl/omegaconf-*.whl "$here"/.whl/antlr4_python3_runtime-*.whl || exit 2
-  export PYTHONPATH="$PYTHONPATH:$site"
-fi
-export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 || true
-  "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" 2>&1
-  echo "PYTORCH_CUDA_ALLOC_CONF=$PYTORCH_CUDA_ALLOC_CONF"; } > "$out/gpu.txt"
+source "$here/scripts/gpu-part.sh"
+bench_setup   # out -> absolute, PYTHONPATH, hydra wheels if missing, $out/gpu.txt
 start=$SECONDS
 read -r -a extra <<< "${EXTRA:-}"
 common=(--device "$device" --interleave round --rounds 1 --warmup-steps 3)
@@ -46,7 +35,6 @@ shape=(data.batch_size="${BATCH:-128}" data.seq_len="${SEQ:-256}" data.tokenizer
        sparsity.update_interval=10 "${extra[@]}")
 grid=(sparsity=dense,smet sparsity.density=0.5,0.25 sparsity.materialize=transient,persistent)
 PART_FLAGS=(--force)
-source "$here/scripts/gpu-part.sh"
 m1=${models%% *}; m2=${models#* }; [[ "$m2" == "$models" ]] && m2=""
 part p130 60 model="$m1" "${shape[@]}" model.loss_impl=exact,chunked "${grid[@]}" --steps "$steps"
 [[ -n "$m2" ]] && part p350 90 model="$m2" "${shape[@]}" model.loss_impl=exact,chunked "${grid[@]}" \
@@ -57,22 +45,19 @@ part chunk 30 model="$m1" "${shape[@]}" sparsity=dense model.loss_impl=chunked \
 
 echo
 echo "######## issue 15: loss_impl exact vs chunked ($((SECONDS - start))s total) — $(head -1 "$out/gpu.txt")"
-"$py" - "$out" <<'EOF' | tee "$out/summary.md"
+"$py" - "$out" "$here/scripts" <<'EOF' | tee "$out/summary.md"
 import json, sys
 from pathlib import Path
 
 out = Path(sys.argv[1])
-
-
-def gib(b):
-    return "-" if not b else f"{b / 2**30:.2f}"
+sys.path.insert(0, sys.argv[2])
+from bench_parts import gib, load_parts  # noqa: E402
 
 
 print("| part | model | method | d | materialize | loss_impl | chunk | tokens/s | step ms | vs dense exact | "
       "peak alloc GiB | peak reserved GiB |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-parts = {p: json.loads((out / f"{p}.json").read_text()) for p in ("p130", "p350", "chunk", "prof")
-         if (out / f"{p}.json").exists()}
+parts = load_parts(out, ("p130", "p350", "chunk", "prof"))
 base = {}  # dense exact tokens/s per model (p130 / p350 first)
 for recs in parts.values():
     for r in recs:
