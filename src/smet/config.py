@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from smet.errors import SmetConfigError
+from smet.models.options import CHECKPOINT_MODES, LOSS_IMPLS, checkpointing_of  # noqa: F401  (re-exported)
 
 PRECISIONS = {"32": "32-true", "32-true": "32-true", "bf16-mixed": "bf16-mixed", "bf16-true": "bf16-true",
               "16-mixed": "16-mixed", "bf16": "bf16-mixed"}
@@ -114,41 +115,6 @@ def check_optimizer(cfg: Mapping) -> None:
     betas = get(cfg, "optimizer.betas")
     if betas is None or len(betas) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas):
         raise SmetConfigError("optimizer.betas", f"must be two numbers in [0, 1), got {betas!r}")
-
-
-LOSS_IMPLS = ("exact", "chunked")  # model.loss_impl (LlamaForCausalLM.loss)
-CHECKPOINT_MODES = ("none", "block", "mlp", "attention")  # model.activation_checkpointing (LlamaModel.forward)
-
-
-def checkpointing_of(model: Mapping) -> tuple[str, int]:
-    """The activation checkpointing a model config asks for: ``(mode, every)``.
-
-    ``model.activation_checkpointing``: ``none`` | ``block`` (a whole decoder block) | ``mlp`` (the
-    post-attention norm + MLP) | ``attention`` (the input norm + attention), or null: taken from the
-    older ``model.gradient_checkpointing`` (true = ``block``, false = ``none``). ``checkpoint_every``
-    k: blocks 0, k, 2k, ... are checkpointed. ``gradient_checkpointing: true`` with a mode other than
-    ``block`` is refused (:class:`SmetConfigError` naming ``model.activation_checkpointing``).
-    """
-    gc = model.get("gradient_checkpointing", False)
-    if gc is not None and not isinstance(gc, bool):
-        raise SmetConfigError("model.gradient_checkpointing", f"must be true or false, got {gc!r}")
-    mode = model.get("activation_checkpointing")
-    if mode is not None and mode not in CHECKPOINT_MODES:
-        raise SmetConfigError("model.activation_checkpointing",
-                              f"unknown value {mode!r}; choose one of {', '.join(CHECKPOINT_MODES)} (or null: "
-                              "model.gradient_checkpointing decides)")
-    every = model.get("checkpoint_every", 1)
-    every = 1 if every is None else every
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise SmetConfigError("model.checkpoint_every", f"must be an integer >= 1 (checkpoint blocks 0, k, 2k, "
-                                                        f"...), got {every!r}")
-    if mode is None:
-        return ("block" if gc else "none"), every
-    if gc and mode != "block":
-        raise SmetConfigError("model.activation_checkpointing",
-                              f"{mode!r} contradicts model.gradient_checkpointing=true (the older alias of "
-                              f"activation_checkpointing=block); set model.gradient_checkpointing=false")
-    return mode, every
 
 
 def check_model(cfg: Mapping) -> None:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Issue 14 fig1_mini runs on one H200 (EXPS= the experiments of this call), 10 processes at a time.
-# 15 fig1_mini arms for a few hundred steps, 10 processes at a time, to measure aggregate tokens/s.
+# Issue 14 fig1_mini runs on one H200 (EXPS= the experiments of this call), 10 processes at a time: call A,
+# kept as it ran (its setup lines are the pilot's; later calls source gpu_setup.sh).
 set -uo pipefail
 t0=$(date +%s)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl > "$OUT/pip.log" 2>&1

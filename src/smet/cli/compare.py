@@ -168,7 +168,8 @@ def make_report(runs: list, out: Path, *, title: str, group_by: Sequence[str] | 
     from smet.report import coldstart
 
     all_runs = [r for g in groups for r in g.runs]
-    coldstart.write_csv(all_runs, out / "coldstart.csv")
+    cold = coldstart.pairs(all_runs)
+    coldstart.write_csv(all_runs, out / "coldstart.csv", cold)
     md_table = table.markdown_table(groups)
     (out / "summary.md").write_text(f"# {title}\n\n{md_table}\n")
     images, skipped = [], {}
@@ -184,7 +185,7 @@ def make_report(runs: list, out: Path, *, title: str, group_by: Sequence[str] | 
     if len(axes) > plots.MAX_AXES:
         info["axes_dropped"] = [a for a, _ in axes[plots.MAX_AXES:]]
     kw = dict(title=title, groups=groups, images=images, skipped=skipped, inputs=inputs, warnings=warnings,
-              info=info, sections=coldstart.markdown(all_runs))
+              info=info, sections=coldstart.markdown(all_runs, cold))
     render.write_markdown(out / "report.md", **kw)
     render.write_html(out / "report.html", **kw)
     return {"groups": groups, "images": images, "skipped": skipped, "table": md_table, "baseline": base}

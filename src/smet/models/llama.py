@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from smet.config import LOSS_IMPLS, checkpointing_of
+from smet.models.options import LOSS_IMPLS, checkpointing_of
 from smet.models.loss import linear_cross_entropy
 
 GEMM_ALIGNMENT = 64
@@ -56,7 +56,7 @@ class LlamaConfig:
 
     @property
     def checkpointing(self) -> tuple[str, int]:
-        """The effective activation checkpointing ``(mode, every)`` (:func:`smet.config.checkpointing_of`)."""
+        """The effective activation checkpointing ``(mode, every)`` (:func:`smet.models.options.checkpointing_of`)."""
         return checkpointing_of(self.to_dict())
 
     def validate(self) -> None:

@@ -182,10 +182,11 @@ def _name(r: Run) -> str:
     return Path(src).name if src and "://" not in src else (r.name or src)
 
 
-def markdown(runs: Sequence[Run]) -> str:
-    """The report section (empty string when there is nothing to show)."""
+def markdown(runs: Sequence[Run], cs: Sequence[ColdStart] | None = None) -> str:
+    """The report sections (empty string when there is nothing to show); ``cs``: :func:`pairs` of
+    ``runs`` when the caller has them."""
     out: list[str] = []
-    cs = pairs(runs)
+    cs = pairs(runs) if cs is None else cs
     if cs:
         out += ["## Cold start vs SMET (paired)", "",
                 "offset(u) = jump of the treated run minus jump of the smet run of the same seed, LR and data "
@@ -219,12 +220,12 @@ def markdown(runs: Sequence[Run]) -> str:
     return "\n".join(out)
 
 
-def write_csv(runs: Sequence[Run], path) -> int:
+def write_csv(runs: Sequence[Run], path, cs: Sequence[ColdStart] | None = None) -> int:
     """coldstart.csv: one row per (pair, update); returns the rows written (no file when 0)."""
     import csv
 
     rows = []
-    for c in pairs(runs):
+    for c in (pairs(runs) if cs is None else cs):
         for u, o in c.offsets.items():
             p = c.peak.get(u)
             rows.append({"treated": _name(c.treated), "smet": _name(c.smet), "update": u, "offset": o,

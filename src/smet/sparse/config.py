@@ -24,6 +24,10 @@ def lr_scale(density: float, mode: str) -> float:
     raise ValueError(f"unknown lr_scaling {mode!r}")
 
 METHODS = ("dense", "static", "set", "rigl", "smet")
+#: activation checkpointing modes (``model.activation_checkpointing``; ``smet.models.llama``, ``smet.sparse.memory``)
+CHECKPOINT_MODES = ("none", "block", "mlp", "attention")
+#: LM-head + loss implementations (``model.loss_impl``; ``smet.models.llama`` / ``smet.models.loss``)
+LOSS_IMPLS = ("exact", "chunked")
 GROWTH = ("random", "gradient", "none")
 MATERIALIZE = ("transient", "persistent")
 ALLOCATION = ("uniform", "erk")

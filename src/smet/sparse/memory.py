@@ -68,6 +68,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
+from smet.sparse.config import CHECKPOINT_MODES, LOSS_IMPLS  # noqa: F401  (also smet.sparse.memory.*)
 from smet.sparse.layer import SparseLinear
 from smet.sparse.optimizer import option_defaults, saturation_step
 from smet.sparse.topology import DEFAULT_TARGETS, SparsityConfig, layer_plan
@@ -333,10 +334,6 @@ def bytes_per_active_weight(sparsity_cfg: Mapping[str, Any] | None, optimizer_cf
 
 
 # ----------------------------------------------------------------------------- activations
-#: activation checkpointing modes (``model.activation_checkpointing``; ``smet.models.llama``)
-CHECKPOINT_MODES = ("none", "block", "mlp", "attention")
-#: LM-head + loss implementations (``model.loss_impl``; ``smet.models.llama`` / ``smet.models.loss``)
-LOSS_IMPLS = ("exact", "chunked")
 
 
 def _checkpoint_mode(checkpointing: bool | str | None) -> str:

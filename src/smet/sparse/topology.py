@@ -257,10 +257,11 @@ class SparseController:
         if n_prune == 0 and n_grow == 0:
             return 0
         live_blocks = layer.idx[: layer.n_live].long()
-        pruned = select_prune(layer, n_prune)
+        score = block_scores(layer) if n_prune else None
+        pruned = select_prune(layer, n_prune, score)
         prev = self._regrown_slots.pop(li, None)
         if prev is not None and n_prune:
-            self._survival.append(regrown_survival(layer, prev, pruned))
+            self._survival.append(regrown_survival(score, prev, pruned))
         candidates = layer.growth_candidates if self.cfg.growth == "gradient" else None
         new_blocks = select_grow(layer, live_blocks, n_grow, candidates=candidates,
                                  seed=_seed_for(self.seed, "grow", self.update_count, li))
@@ -304,11 +305,17 @@ def _slot_values(layer: SparseLinear) -> torch.Tensor:
     return layer.values.detach().view(layer.capacity, layer.block_size)
 
 
-def select_prune(layer: SparseLinear, n_prune: int) -> torch.Tensor:
-    """Slots (int64, unordered) of the ``n_prune`` live blocks of smallest sum |w| (fp32 scores)."""
+def block_scores(layer: SparseLinear) -> torch.Tensor:
+    """sum |w| of every live block (fp32), slot order: what pruning ranks."""
+    return _slot_values(layer)[: layer.n_live].float().abs().sum(1)
+
+
+def select_prune(layer: SparseLinear, n_prune: int, score: torch.Tensor | None = None) -> torch.Tensor:
+    """Slots (int64, unordered) of the ``n_prune`` live blocks of smallest sum |w| (fp32 scores;
+    ``score``: :func:`block_scores` of the layer when the caller has them already)."""
     if not n_prune:
         return torch.empty(0, dtype=torch.long, device=layer.values.device)
-    score = _slot_values(layer)[: layer.n_live].float().abs().sum(1)
+    score = block_scores(layer) if score is None else score
     return torch.topk(score, n_prune, largest=False, sorted=False).indices
 
 
@@ -361,14 +368,13 @@ def rewrite_slots(layer: SparseLinear, pruned: torch.Tensor, new_blocks: torch.T
     return torch.arange(n_keep, n_live, device=layer.idx.device), keep_slots
 
 
-def regrown_survival(layer: SparseLinear, prev: torch.Tensor, pruned: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """At an update that prunes ``pruned`` (slots), how the blocks regrown into ``prev`` at the previous
-    update fared: (blocks in prev, of them not pruned now, median sum|w| of prev / prune threshold,
-    median sum|w| of the other live blocks / threshold) as 0-d tensors on the layer's device (no sync).
-    The threshold is the largest score among the pruned blocks (a block at or below it was pruned)."""
-    score = _slot_values(layer)[: layer.n_live].float().abs().sum(1)
+def regrown_survival(score: torch.Tensor, prev: torch.Tensor, pruned: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """At an update that prunes ``pruned`` (slots) by ``score`` (:func:`block_scores`), how the blocks
+    regrown into ``prev`` at the previous update fared: (blocks in prev, of them not pruned now, median
+    sum|w| of prev / prune threshold, median sum|w| of the other live blocks / threshold) as 0-d tensors
+    on the layer's device (no sync). The threshold is the largest score among the pruned blocks."""
     thr = score[pruned].max().clamp_min(torch.finfo(torch.float32).tiny)
-    is_prev = torch.zeros(layer.n_live, dtype=torch.bool, device=score.device)
+    is_prev = torch.zeros(score.numel(), dtype=torch.bool, device=score.device)
     is_prev[prev] = True
     survived = (~torch.isin(prev, pruned)).sum()
     mature = score[~is_prev]
