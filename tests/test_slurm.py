@@ -227,9 +227,16 @@ def _check_resumed(job: str, run: Path, log: Path, ckpt: Path) -> str:
     assert "restart 0," in text and "restart 1," in text, text[-3000:]  # the same task ran twice
     # the newest checkpoint: the one named, or the one smet writes of the current step when SLURM's
     # requeue sends SIGTERM (smet.lightning.interrupt), whichever is newer
-    resumed = re.findall(r"resuming from (\S+)", text)
-    assert resumed and (resumed[0] == str(ckpt) or re.search(r"/checkpoints/interrupted-step\d{7}\.ckpt$", resumed[0])), \
-        text[-3000:]
+    # (a periodic checkpoint written between the signal and the process's end is newer still)
+    resumed = re.findall(r"resuming from (\S+) \(step (\d+)\)", text)
+    assert resumed, text[-3000:]
+    path, step = resumed[0][0], int(resumed[0][1])
+    assert path in (str(ckpt), str(run / "checkpoints" / "last.ckpt")) or \
+        re.search(r"/checkpoints/interrupted-step\d{7}\.ckpt$", path), text[-3000:]
+    if path != str(ckpt) and ckpt.name.startswith("hpc_ckpt"):  # not the hpc one: then one at least as far along
+        import torch
+
+        assert step >= torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"], (path, step)
     assert summary(run)["steps"] == REQUEUE_STEPS  # and finished the requested steps
     with open(run / "metrics.csv") as f:
         steps = [line.split(",") for line in f]

@@ -63,6 +63,17 @@ def read_hparams(path: str | os.PathLike) -> dict:
     return dict(ck.get("hyper_parameters") or {})
 
 
+def read_step(path: str | os.PathLike) -> int | None:
+    """The optimizer step a checkpoint was written at (its ``global_step``), None for a DeepSpeed
+    directory or a file without one. Memory-mapped: tensors are not read."""
+    p = Path(path)
+    if p.is_dir():
+        return None
+    ck = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    step = ck.get("global_step") if isinstance(ck, dict) else None
+    return int(step) if isinstance(step, int) else None
+
+
 def content_problem(path: str | os.PathLike) -> str | None:
     """None when ``path`` holds a checkpoint written by smet's train.py (a Lightning checkpoint with
     the run config in its hyper-parameters), else what it is instead. Memory-mapped: tensors are

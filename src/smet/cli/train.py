@@ -254,7 +254,10 @@ def check_run(cfg: DictConfig) -> tuple[Path, str | None]:
     ckpt_path = resolve_ckpt_path(str(cfg.ckpt_path), run_dir) if cfg.get("ckpt_path") else None
     if ckpt_path:
         check_resume_compatible(ckpt_path, cfg)
-        log.info("resuming from %s", ckpt_path)
+        from smet.checkpoints import read_step
+
+        step = read_step(ckpt_path)
+        log.info("resuming from %s%s", ckpt_path, "" if step is None else f" (step {step})")
     return run_dir, ckpt_path
 
 
