@@ -90,8 +90,11 @@ def _opt_run(device: str, fused: bool, *, block: int, dtype: torch.dtype, materi
                 layers[0].values.view(-1, block)[:3] = 0
             opt.reset_slots(layers[0].values, torch.arange(3, device=device))
     res = {"values": [ly.values.detach().float().cpu() for ly in layers]}
-    for key in ("exp_avg", "exp_avg_sq", "local_step"):
+    for key in ("exp_avg", "exp_avg_sq"):
         res[key] = [opt.state[ly.values][key].float().cpu() for ly in layers if key in opt.state[ly.values]]
+    # decoded from either storage (1-byte codes or counters)
+    res["local_step"] = [opt.local_steps(ly.values).float().cpu() for ly in layers
+                         if opt.local_steps(ly.values) is not None]
     res["dense"] = [ly.dense.float().cpu() for ly in layers if ly.dense is not None]
     res["first_regrown"] = first_regrown
     _path(True)
@@ -128,10 +131,14 @@ def main() -> None:
         "no_reset": dict(regrowth_warmup_steps=4, reset_local_step=False),
         "naive": dict(regrowth_warmup_steps=0, reset_local_step=False, reset_moments=False),
         "wd": dict(regrowth_warmup_steps=4, weight_decay=0.1),
+        "counter_linear_w4": dict(regrowth_warmup_steps=4, local_step_storage="counter"),
+        "counter_no_reset": dict(regrowth_warmup_steps=4, reset_local_step=False, local_step_storage="counter"),
     }
     for name, kw in cfgs.items():
         res[f"opt_{name}_b1_f32"] = case_optimizer(device, 1, torch.float32, "transient", **kw)
     res["opt_smet_b4_f32_persistent"] = case_optimizer(device, 4, torch.float32, "persistent", regrowth_warmup_steps=4)
+    res["opt_counter_b4_f32_persistent"] = case_optimizer(device, 4, torch.float32, "persistent",
+                                                          regrowth_warmup_steps=4, local_step_storage="counter")
     res["opt_smet_b1_bf16_persistent"] = case_optimizer(device, 1, torch.bfloat16, "persistent",
                                                         regrowth_warmup_steps=4, weight_decay=0.1)
     print(json.dumps(res))

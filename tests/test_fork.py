@@ -23,6 +23,16 @@ REPO = Path(__file__).resolve().parents[1]
 S, N = 10, 8  # fork point, window
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Bit equality between arms and a re-computation needs one intra-op thread: with two, CPU
+    reductions may split differently between calls (the suite ran so, after in-process runs set it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def base_overrides(session_cache):
     cache = session_cache  # conftest.py: shared with the other end-to-end tests (same tokenizer recipe)
@@ -118,11 +128,15 @@ def test_first_step_differs_from_control_only_through_the_update(forked, pieces)
     static, ssched = fork_loop.build(base, torch.device("cpu"), dm.vocab_size)
     fork_loop.restore(static, ssched, snap)
     with torch.no_grad():
-        assert float(static.model.loss(b[:, :-1], b[:, 1:])) == losses["control"][0]
+        assert float(static.model.loss(b[:, :-1], b[:, 1:])) == pytest.approx(losses["control"][0], rel=1e-6)
         static.controller.attach_optimizer(None)  # prune + regrow the static model itself
         static.controller.cfg.growth = "random"
         static.controller.update_now(S)
-        assert float(static.model.loss(b[:, :-1], b[:, 1:])) == firsts["smet"]
+        # equal up to fp32 summation order (the arm ran in another model instance); the update itself
+        # moves the loss by far more than that (here 1e-4 against 5e-7)
+        updated = float(static.model.loss(b[:, :-1], b[:, 1:]))
+        assert updated == pytest.approx(firsts["smet"], rel=1e-6)
+        assert abs(updated - losses["control"][0]) > 50 * abs(updated - firsts["smet"])
 
 
 # ----------------------------------------------------------------------------- optimizer state switching
@@ -162,18 +176,19 @@ def test_static_state_loads_into_smet_as_mature():
     opt: SMETOptimizer = smet.optimizer
     sparse = [p for g in opt.param_groups if g["sparse"] for p in g["params"]]
     for p in sparse:
-        lt = opt.state[p]["local_step"]
-        assert lt.dtype == opt.local_step_dtype and lt.numel() == p.numel() and bool((lt == 3).all())
+        lt = opt.local_steps(p)
+        assert lt.numel() == p.numel() and bool((lt == 3).all())
+        assert not bool(opt.state[p]["regrow_code"].any())  # code 0: alive since initialisation
     # mature slots: SMET's next steps are the static optimizer's (bias correction by the same step, no ramp)
     _run(None, range(4, 6), tr=static, gen_seed=1)
     _run(None, range(4, 6), tr=smet, gen_seed=1)
-    for a, b in zip(static.model.parameters(), smet.model.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
-    assert all(bool((opt.state[p]["local_step"] == 5).all()) for p in sparse)
-    # frozen: W = 1e9 gives int32 local steps, still mature
+    for a, b in zip(static.model.parameters(), smet.model.parameters()):  # fp32 bias-correction table vs
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)                 # AdamW's float64 scalars
+    assert all(bool((opt.local_steps(p) == 5).all()) for p in sparse)
+    # frozen: W = 1e9 gives int32 local steps (counters), still mature
     frozen = _run(compose(["model=tiny", "sparsity=smet", "data.seq_len=16", "trainer.max_steps=50",
-                           "optimizer.lr_scaling=none", "optimizer.regrowth_warmup_steps=1000000000"]),
-                  [], state=_state(static))
+                           "optimizer.lr_scaling=none", "optimizer.regrowth_warmup_steps=1000000000",
+                           "optimizer.local_step_storage=counter"]), [], state=_state(static))
     assert all(frozen.optimizer.state[p]["local_step"].dtype == torch.int32 for p in
                [p for g in frozen.optimizer.param_groups if g["sparse"] for p in g["params"]])
 
@@ -185,7 +200,7 @@ def test_smet_state_loads_into_static_and_round_trips():
     st = _state(smet)
     # into an optimizer that tracks no local steps: dropped
     static = _run(_cfg("static"), [], state=st)
-    assert all("local_step" not in s for s in static.optimizer.state.values())
+    assert all(not {"local_step", "regrow_code", "regrow_birth"} & s.keys() for s in static.optimizer.state.values())
     _run(None, [6], tr=static)
     # ordinary round trips: unchanged, bits and dtypes
     again = _run(_cfg("smet"), [], state=st)
@@ -195,11 +210,11 @@ def test_smet_state_loads_into_static_and_round_trips():
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k])), k
-    lts = [s["local_step"] for s in again.optimizer.state.values() if "local_step" in s]
-    assert lts and any(bool((lt < 5).any()) for lt in lts) and all(lt.dtype == torch.int16 for lt in lts)
+    lts = [again.optimizer.local_steps(q) for q in params(again) if "regrow_code" in again.optimizer.state[q]]
+    assert lts and any(bool((lt < 5).any()) for lt in lts)
     st2 = _state(static)
     back = _run(_cfg("static"), [], state=st2)
-    assert all("local_step" not in s for s in back.optimizer.state.values())
+    assert all(not {"local_step", "regrow_code", "regrow_birth"} & s.keys() for s in back.optimizer.state.values())
 
 
 # ----------------------------------------------------------------------------- bad input, CLI

@@ -53,6 +53,8 @@ def _check(res: dict, bf16_rel: float, cast_abs: float, fp32_rel: float = 1e-6) 
     assert res["opt_smet_w0_b1_f32"]["first_regrown_sign_ok"]
     assert abs(res["opt_smet_linear_w4_b1_f32"]["first_regrown_over_lr"] - 0.25) < 1e-5
     assert abs(res["opt_smet_b4_f32_persistent"]["first_regrown_over_lr"] - 0.25) < 1e-5
+    assert abs(res["opt_counter_linear_w4_b1_f32"]["first_regrown_over_lr"] - 0.25) < 1e-5
+    assert abs(res["opt_counter_b4_f32_persistent"]["first_regrown_over_lr"] - 0.25) < 1e-5
     assert abs(res["opt_smet_momentum_w4_b1_f32"]["first_regrown_over_lr"] - 0.25) < 1e-5
 
 

@@ -228,9 +228,10 @@ def test_smet_no_reset_point(capsys):
     assert r["optimizer_cfg"]["reset_local_step"] is False and r["optimizer_cfg"]["regrowth_warmup_steps"] == 100
     static, active, formula = _expected(["model=7b", "sparsity=smet_no_reset", "sparsity.density=0.25"])
     assert r["static_bytes"] == static["all"] and r["active_weights"] == active
-    assert r["bytes_per_active_weight_formula"] == formula and formula["local_step"] == 2
-    assert r["static_bytes"]["metadata"] == active * (4 + 2)  # int32 index + int16 local step (b = 1, uniform)
-    assert r["bytes_per_active_weight"] == 14.0
+    assert r["bytes_per_active_weight_formula"] == formula and formula["local_step"] == 1
+    # int32 index + 1-byte regrowth code (b = 1, uniform) + a 1 KiB birth table for each of 7 x 32 layers
+    assert r["static_bytes"]["metadata"] == active * (4 + 1) + 1024 * 7 * 32
+    assert r["bytes_per_active_weight"] == pytest.approx(13.0, abs=1e-3)
     # W = 0 as well: no local step at all (set / rigl's 12 B in pure bf16)
     rows = _json(capsys, ["model=7b", "sparsity=smet_no_reset", "sparsity.density=0.25",
                           "optimizer.regrowth_warmup_steps=0"])
@@ -272,7 +273,11 @@ def test_dense_in_the_grid_is_the_baseline_and_precision_sweeps_make_tables(caps
     assert [(r["precision"], r["method"], r["density"]) for r in rows] == [
         ("32", "dense", 1.0), ("32", "smet", 0.5), ("32", "smet", 0.25),
         ("bf16-true", "dense", 1.0), ("bf16-true", "smet", 0.5), ("bf16-true", "smet", 0.25)]
-    assert [r["bytes_per_active_weight"] for r in rows if r["method"] == "smet"] == [22.0, 22.0, 14.0, 14.0]
+    assert [r["bytes_per_active_weight_formula"]["total"] for r in rows if r["method"] == "smet"] == [21, 21, 13, 13]
+    for r in rows[1:3] + rows[4:]:  # measured-by-prediction: the formula + the 1 KiB birth tables of the small model
+        tables = r["static_bytes"]["metadata"] - r["active_weights"] * 5
+        assert tables % 1024 == 0 and r["bytes_per_active_weight"] == pytest.approx(
+            r["bytes_per_active_weight_formula"]["total"] + tables / r["active_weights"])
     buf = io.StringIO()
     cli.render(rows, buf, tty=False)
     text = buf.getvalue()
@@ -282,7 +287,11 @@ def test_dense_in_the_grid_is_the_baseline_and_precision_sweeps_make_tables(caps
 def test_swept_keys_outside_the_label_are_shown(capsys):
     rows = _json(capsys, ["model=130m", "optimizer.regrowth_warmup_steps=100,40000"])
     assert [r["label_extra"] for r in rows] == ["", "regrowth_warmup_steps=100", "regrowth_warmup_steps=40000"]
-    assert [r["bytes_per_active_weight_formula"]["local_step"] for r in rows[1:]] == [2, 4]  # int16, int32
+    # codes both: W = 40000 makes the cap int32-sized (no code ever frees), but a run of trainer.max_steps
+    # (conf/trainer/gpu.yaml: 20000) makes 200 updates, fewer than the 255 codes; counters would be int16, int32
+    assert [r["bytes_per_active_weight_formula"]["local_step"] for r in rows[1:]] == [1, 1]
+    rows = _json(capsys, ["model=130m", "optimizer.regrowth_warmup_steps=100,40000", "trainer.max_steps=30000"])
+    assert [r["bytes_per_active_weight_formula"]["local_step"] for r in rows[1:]] == [1, 4]
 
 
 def test_selective_checkpointing_and_loss_keys_compose_into_the_estimate(capsys):

@@ -178,7 +178,7 @@ def test_topology_update_invariants(method, growth, block):
         opt.zero_grad(set_to_none=True)
         before = [(layer.idx.clone(), layer.values.detach().clone()) for layer in ctrl.layers]
         state_before = [{k: v.clone() for k, v in opt.state[layer.values].items() if torch.is_tensor(v)}
-                        for layer in ctrl.layers]
+                        | {"local_step": opt.local_steps(layer.values)} for layer in ctrl.layers]
         stats = ctrl.after_step(step)
         if step % 2:
             assert stats is None
@@ -206,9 +206,10 @@ def test_topology_update_invariants(method, growth, block):
             st = opt.state[layer.values]
             assert torch.all(st["exp_avg"].view(-1, block)[changed] == 0)
             assert torch.all(st["exp_avg_sq"].view(-1, block)[changed] == 0)
-            assert torch.all(st["local_step"][changed] == 0)
+            lt = opt.local_steps(layer.values)
+            assert torch.all(lt[changed] == 0)
             # untouched slots keep their state and local step exactly
-            assert torch.equal(st["local_step"][kept], st0["local_step"][kept])
+            assert torch.equal(lt[kept], st0["local_step"][kept])
             assert torch.equal(st["exp_avg"].view(-1, block)[kept], st0["exp_avg"].view(-1, block)[kept])
 
 
@@ -270,13 +271,13 @@ def test_gradual_density_schedule_shrinks_counts_with_fixed_shapes():
 
 
 # --------------------------------------------------------------------------- optimizer
-def _single_layer(reset_local_step=True, W=0, warmup_shape="linear", lr=2.0**-6, eps=0.0):
+def _single_layer(reset_local_step=True, W=0, warmup_shape="linear", lr=2.0**-6, eps=0.0, **kw):
     torch.manual_seed(0)
     layer = SparseLinear(8, 4, n_active_blocks=8)
     w = torch.randn(4, 8)
     layer.load_from_dense(w, torch.arange(0, 32, 4))
     opt = SMETOptimizer([{"params": [layer.values], "sparse": True, "block_size": 1}], lr=lr, eps=eps,
-                        regrowth_warmup_steps=W, reset_local_step=reset_local_step, warmup_shape=warmup_shape)
+                        regrowth_warmup_steps=W, reset_local_step=reset_local_step, warmup_shape=warmup_shape, **kw)
     opt.register_layer(layer)
     return layer, opt
 
@@ -348,6 +349,10 @@ def test_momentum_damping_warmup_shape_differs_from_linear():
 def test_local_step_saturation_is_exact_and_int16():
     assert saturation_step(0.9, 0.999) < 2**15
     layer, opt = _single_layer()
+    _step_with_grad(layer, opt, torch.randn(8))
+    st = opt.state[layer.values]  # default storage: 1 byte per slot + a 256-entry birth table
+    assert st["regrow_code"].dtype == torch.uint8 and st["regrow_birth"].shape == (256,) and "local_step" not in st
+    layer, opt = _single_layer(local_step_storage="counter")
     _step_with_grad(layer, opt, torch.randn(8))
     assert opt.state[layer.values]["local_step"].dtype == torch.int16
     cap = opt.step_cap
@@ -444,9 +449,10 @@ def test_optimizer_and_controller_state_dict_round_trip_bit_identical():
     model2.load_state_dict(snap[0])
     opt2.load_state_dict(snap[1])
     ctrl2.load_state_dict(snap[2])
-    # local steps stay int16 through the round trip (torch's loader would make them fp32: 2x the bytes)
-    lts = [st["local_step"] for st in opt2.state.values() if "local_step" in st]
-    assert lts and all(lt.dtype == torch.int16 for lt in lts)
+    # codes stay uint8 and births int32 through the round trip (torch's loader would cast them to fp32)
+    codes = [(st["regrow_code"], st["regrow_birth"]) for st in opt2.state.values() if "regrow_code" in st]
+    assert codes and all(c.dtype == torch.uint8 and b.dtype == torch.int32 for c, b in codes)
+    assert any(bool((c > 0).any()) for c, _ in codes)  # some slots were regrown
     resumed = train_steps(model2, opt2, ctrl2, 8, start=8, losses=[])
     assert all(torch.equal(a, b) for a, b in zip(cont, resumed))
     for a, b in zip(ctrl.layers, ctrl2.layers):
@@ -455,14 +461,16 @@ def test_optimizer_and_controller_state_dict_round_trip_bit_identical():
 
 def test_local_steps_keep_int16_bits_through_state_dict_of_bf16_params():
     p = torch.nn.Parameter(torch.zeros(8, dtype=torch.bfloat16))
-    opt = SMETOptimizer([{"params": [p], "sparse": True, "block_size": 1}], lr=1e-3, regrowth_warmup_steps=10)
+    opt = SMETOptimizer([{"params": [p], "sparse": True, "block_size": 1}], lr=1e-3, regrowth_warmup_steps=10,
+                        local_step_storage="counter")
     p.grad = torch.ones_like(p)
     opt.step()
     counts = torch.tensor([1, 255, 257, 300, 1001, 4097, 17000, opt.step_cap], dtype=torch.int16)
     opt.state[p]["local_step"].copy_(counts)
     sd = copy.deepcopy(opt.state_dict())
     q = torch.nn.Parameter(torch.zeros(8, dtype=torch.bfloat16))
-    opt2 = SMETOptimizer([{"params": [q], "sparse": True, "block_size": 1}], lr=1e-3, regrowth_warmup_steps=10)
+    opt2 = SMETOptimizer([{"params": [q], "sparse": True, "block_size": 1}], lr=1e-3, regrowth_warmup_steps=10,
+                         local_step_storage="counter")
     opt2.load_state_dict(sd)
     lt = opt2.state[q]["local_step"]
     assert lt.dtype == torch.int16 and torch.equal(lt, counts)

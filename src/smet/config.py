@@ -117,6 +117,33 @@ def check_optimizer(cfg: Mapping) -> None:
         raise SmetConfigError("optimizer.betas", f"must be two numbers in [0, 1), got {betas!r}")
 
 
+def check_fused_backward(cfg: Mapping) -> None:
+    """``optimizer.fused_backward`` updates each parameter inside backward and frees its gradient:
+    refuse what needs the whole step's gradients (one line, before any compute)."""
+    key = "optimizer.fused_backward"
+    if get(cfg, key) is None:
+        return
+    _bool(cfg, key)
+    if not get(cfg, key):
+        return
+    accum = int(get(cfg, "trainer.accumulate_grad_batches", 1) or 1)
+    gbs = get(cfg, "data.global_batch_size")
+    if gbs is not None and _is_int(gbs) and _is_int(get(cfg, "data.batch_size")):
+        accum = max(accum, int(gbs) // max(1, int(get(cfg, "data.batch_size")) * world_size(cfg)))
+    why = None
+    if accum > 1:
+        why = f"gradient accumulation ({accum} micro-batches per step) needs the summed gradient before any update"
+    elif get(cfg, "trainer.gradient_clip_val") is not None:
+        why = "trainer.gradient_clip_val clips by the global norm of all gradients, which no parameter's update can wait for"
+    elif world_size(cfg) > 1 or str(get(cfg, "trainer.strategy", "auto")) not in ("auto", "single_device"):
+        why = "multi-device strategies reduce gradients after backward; run on one device"
+    elif str(get(cfg, "trainer.on_nonfinite", "skip")) == "skip":
+        why = ("a non-finite gradient cannot be skipped once parameters were updated inside backward: "
+               "set trainer.on_nonfinite=stop (or off)")
+    if why:
+        raise SmetConfigError(key, f"true is not possible here: {why}")
+
+
 def check_model(cfg: Mapping) -> None:
     for key in ("hidden_size", "intermediate_size", "num_layers", "num_heads"):
         _int(cfg, f"model.{key}", lo=1)
@@ -254,7 +281,7 @@ def check_strategy(cfg: Mapping) -> None:
 
 
 CHECKS: list[Callable[[Mapping], None]] = [check_run, check_model, check_data, check_trainer, check_strategy,
-                                          check_optimizer, check_sparsity]
+                                          check_optimizer, check_fused_backward, check_sparsity]
 
 
 def validate(cfg: Mapping) -> None:

@@ -71,4 +71,10 @@ def build_optimizer(model: nn.Module, ocfg: Mapping, sparse=None) -> torch.optim
 
         return build_smet_optimizer(model, ocfg, sparse)
     on_cuda = any(p.is_cuda for p in model.parameters())
+    if ocfg.get("fused_backward"):
+        # the same AdamW (PyTorch's functional one) run parameter by parameter inside backward
+        from smet.sparse.optimizer import SMETOptimizer
+
+        return SMETOptimizer(param_groups(model, wd), lr=lr, betas=betas, eps=eps, weight_decay=wd,
+                             fused_backward=True, fused=on_cuda or None)
     return torch.optim.AdamW(param_groups(model, wd), lr=lr, betas=betas, eps=eps, fused=on_cuda or None)

@@ -289,11 +289,12 @@ def _gib(n: float) -> float:
 
 
 def _group_key(p: dict) -> tuple:
-    """Points that share the dense baseline: same model, vocabulary, data shape, precision, checkpointing."""
+    """Points that share the dense baseline: same model, vocabulary, data shape, precision, checkpointing,
+    and optimizer step in backward or not (``optimizer.fused_backward`` applies to the baseline too)."""
     model = {k: v for k, v in p["model_cfg"].items()  # the effective checkpointing stands for its 3 keys
              if k not in ("gradient_checkpointing", "activation_checkpointing", "checkpoint_every")}
     return (p["label"], json.dumps(model, sort_keys=True, default=str), p["vocab"], p["seq_len"],
-            p["batch"], p["precision"], p["ckpt"], p["ckpt_every"])
+            p["batch"], p["precision"], p["ckpt"], p["ckpt_every"], bool(p["optimizer"].get("fused_backward")))
 
 
 def point_row(p: dict, scfg: dict, ocfg: dict, *, dense_total: int | None, gpu: dict | None,
@@ -306,7 +307,9 @@ def point_row(p: dict, scfg: dict, ocfg: dict, *, dense_total: int | None, gpu: 
     dense = method == "dense"
     shapes = model_shapes(p["model_cfg"], p["vocab"], p["seq_len"])
     precision, vocab, seq_len = p["precision"], p["vocab"], p["seq_len"]
-    pred = predict_static(shapes, scfg, ocfg, precision)
+    steps = (p.get("cfg") or {}).get("trainer", {}).get("max_steps")
+    total_steps = int(steps) if steps is not None else None  # the run's length decides short runs' local-step storage
+    pred = predict_static(shapes, scfg, ocfg, precision, total_steps)
     active = active_weight_count(shapes, scfg)
     smat = None if dense else str(scfg.get("materialize", "transient"))
     loss = {"loss_impl": p["loss_impl"], "loss_chunk_tokens": p["loss_chunk_tokens"]}
@@ -323,7 +326,7 @@ def point_row(p: dict, scfg: dict, ocfg: dict, *, dense_total: int | None, gpu: 
         "static_bytes": pred["all"], "sparse_static_bytes": pred["sparse"],
         "active_weights": active,
         "bytes_per_active_weight": pred["sparse"]["total"] / active,
-        "bytes_per_active_weight_formula": bytes_per_active_weight(scfg, ocfg, precision),
+        "bytes_per_active_weight_formula": bytes_per_active_weight(scfg, ocfg, precision, total_steps),
         "ratio_vs_dense": total / (total if dense_total is None else dense_total),
         "activations_estimate_bytes": act,
         "peak_estimate_bytes": total + act["total"],
@@ -378,7 +381,8 @@ def compute_rows(points: Sequence, gpu: dict | None = None) -> list[dict[str, An
     for p, extra in zip(resolved, extras):
         rows = groups.get(_group_key(p))
         if rows is None:
-            rows = groups[_group_key(p)] = [point_row(p, dict(dense_s), dict(dense_o), dense_total=None, gpu=gpu)]
+            base_o = dict(dense_o, fused_backward=bool(p["optimizer"].get("fused_backward")))
+            rows = groups[_group_key(p)] = [point_row(p, dict(dense_s), base_o, dense_total=None, gpu=gpu)]
         same = [r for r in rows if r["sparsity_cfg"] == p["sparsity"] and r["optimizer_cfg"] == p["optimizer"]
                 and r["label_extra"] == extra]
         if p["sparsity"].get("method", "dense") != "dense" and not same:  # (checkpoint_every of "none": one row)
@@ -473,7 +477,7 @@ def _notes(rows: list[dict], wide: bool, width: int) -> list[str]:
                      f"materialised transiently unless marked persistent (--wide: full labels and the static "
                      f"breakdown weights / grads / optimizer / metadata / compute copy).")
     notes.append("static: weights + grads + optimizer states + metadata (index, local step) + compute copy + "
-                 "buffers, exact for this code (grads counted as present, i.e. right after backward).")
+                 "buffers, exact for this code (grads counted as present, i.e. right after backward; none with optimizer.fused_backward=true).")
     notes.append(f"{'B/active w' if wide else 'B/act w'}: static bytes of the sparse layers per active weight "
                  "(dense row: per weight of the same layers). vs dense: static total / dense AdamW static total.")
     notes.append(f"* ESTIMATES: {'activations' if wide else 'act.'} = tensors saved for backward (what "

@@ -130,8 +130,14 @@ class LMModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer) -> None:
         """Non-finite gradients: drop them (the step updates nothing) and skip this step's topology update."""
         self.skip_topology_update = False
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        norms = torch.stack(torch._foreach_norm(grads)).float() if grads else None
+        if getattr(optimizer, "fused_backward", False):
+            # the updates ran inside backward and freed the gradients; their norms were summed on the way
+            # (trainer.on_nonfinite=skip is refused with optimizer.fused_backward: smet.config)
+            norm = optimizer.pop_grad_norm()
+            norms = None if norm is None else norm.unsqueeze(0)
+        else:
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            norms = torch.stack(torch._foreach_norm(grads)).float() if grads else None
         if norms is not None:  # before clipping (Lightning clips after this hook); no host sync here
             self.log("train/grad_norm", norms.norm(), on_step=True, on_epoch=False)
         if self.nonfinite_policy == "off":
@@ -215,5 +221,7 @@ class LMModule(L.LightningModule):
     # ----------------------------------------------------------------- optimizer
     def configure_optimizers(self):
         optimizer = self._built.build_optimizer()  # on the strategy's device, after precision conversion
+        if getattr(optimizer, "fused_backward", False):
+            optimizer.track_grad_norm = True  # train/grad_norm and the non-finite check
         sched = self._built.scheduler(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}

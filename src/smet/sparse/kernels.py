@@ -10,16 +10,17 @@ kernels replace them, one launch each per layer:
 * :func:`gather_grad`    - the compact gradient: the dense weight gradient read at the active
   positions, cast to the values' dtype, zero for free slots (one kernel);
 * :func:`smet_adam_update` - the whole per-slot SMET update of section 3 of the method (moments,
-  saturating int16 local step, linear or momentum warm-up of regrown slots, per-slot bias
-  corrections from the exact fp32 table, decoupled weight decay, value update) and, for the
-  ``persistent`` mode, the write of the new values into the dense compute copy (one kernel).
+  local step from a 1-byte regrowth code or a saturating int16 counter, linear or momentum warm-up
+  of regrown slots, per-slot bias corrections from the exact fp32 table, decoupled weight decay,
+  value update) and, for the ``persistent`` mode, the write of the new values into the dense compute copy (one kernel).
 
 The math and every rounding to a storage dtype follow the PyTorch reference path in
 ``smet.sparse.optimizer`` / ``smet.sparse.layer`` (fp32 arithmetic, IEEE-rounded division and
 square root); results agree with it to fp32 rounding (tests compare both, on CPU through Triton's
 interpreter and on CUDA). The reference path stays in use where these kernels do not apply: CPU
 tensors, no Triton, under ``torch.compile`` tracing (Inductor fuses the reference ops itself),
-int32 local steps, and the optimizer step that measures regrown vs mature update sizes.
+a step cap beyond int16 (int32 counters), and the optimizer step that measures regrown vs mature
+update sizes.
 Set ``SMET_TRITON=0`` to force the reference path everywhere.
 """
 
@@ -80,10 +81,12 @@ if triton is not None:
         g = tl.load(gw_ptr + blk * B + offs % B, mask=live, other=0.0)
         tl.store(out_ptr + offs, g.to(out_ptr.dtype.element_ty), mask=offs < n_elem)
 
-    @triton.jit(do_not_specialize=["regrown_below"])  # changes every step: no re-compiles at multiples of 16
-    def _smet_adam_kernel(p_ptr, g_ptr, m_ptr, v_ptr, lt_ptr, tab1_ptr, tab2_ptr, idx_ptr, dense_ptr,
+    # regrown_below and global_step change every step: no re-compiles at multiples of 16
+    @triton.jit(do_not_specialize=["regrown_below", "global_step"])
+    def _smet_adam_kernel(p_ptr, g_ptr, m_ptr, v_ptr, lt_ptr, birth_ptr, tab1_ptr, tab2_ptr, idx_ptr, dense_ptr,
                           n_elem, n_live_elem, lr, wd, b1, b2, c1, c2, eps, bc1_s, bc2_s, w_f, regrown_below, step_cap,
-                          B: tl.constexpr, HAS_LT: tl.constexpr, PER_SLOT_BC: tl.constexpr, RAMP: tl.constexpr,
+                          global_step, B: tl.constexpr, HAS_LT: tl.constexpr, HAS_CODE: tl.constexpr,
+                          PER_SLOT_BC: tl.constexpr, RAMP: tl.constexpr,
                           HAS_WD: tl.constexpr, HAS_DENSE: tl.constexpr, BLOCK_SIZE: tl.constexpr):
         # RAMP: 0 none, 1 linear (scales the step), 2 momentum (damps the first moment)
         offs = tl.program_id(0).to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
@@ -104,10 +107,15 @@ if triton is not None:
         ramp = tl.full([BLOCK_SIZE], 1.0, tl.float32)
         lt = tl.zeros([BLOCK_SIZE], dtype=tl.int32)
         if HAS_LT:
-            lt = tl.load(lt_ptr + slot, mask=mask, other=0).to(tl.int32)
-            if B == 1:  # each element owns its slot: increment here (else done before the launch)
-                lt = tl.minimum(lt + 1, step_cap)
-                tl.store(lt_ptr + slot, lt.to(lt_ptr.dtype.element_ty), mask=mask)
+            if HAS_CODE:  # 1-byte regrowth code -> local step: min(T - birth[code], cap)
+                code = tl.load(lt_ptr + slot, mask=mask, other=0).to(tl.int32)
+                birth = tl.load(birth_ptr + code, mask=mask, other=0)
+                lt = tl.minimum(global_step - birth, step_cap)
+            else:
+                lt = tl.load(lt_ptr + slot, mask=mask, other=0).to(tl.int32)
+                if B == 1:  # each element owns its slot: increment here (else done before the launch)
+                    lt = tl.minimum(lt + 1, step_cap)
+                    tl.store(lt_ptr + slot, lt.to(lt_ptr.dtype.element_ty), mask=mask)
             if RAMP != 0:
                 lin = tl.minimum(tl.math.div_rn(lt.to(tl.float32), w_f), 1.0)
                 ramp = tl.where(lt < regrown_below, lin, 1.0)
@@ -166,10 +174,15 @@ def smet_adam_update(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch
                      lr: float, weight_decay: float, beta1: float, beta2: float, eps: float,
                      bias_corrections: tuple[float, float] | None, block_size: int, ramp: str,
                      warmup_steps: int, regrown_below: int, step_cap: int,
-                     dense: torch.Tensor | None = None, idx: torch.Tensor | None = None, n_live: int = 0) -> None:
+                     dense: torch.Tensor | None = None, idx: torch.Tensor | None = None, n_live: int = 0,
+                     codes: torch.Tensor | None = None, births: torch.Tensor | None = None,
+                     global_step: int = 0) -> None:
     """In-place SMET update of one compact parameter (see ``SMETOptimizer._sparse_update``).
 
-    ``tables`` (per-slot bias corrections indexed by the int16 local step) or ``bias_corrections``
+    Local steps come from ``local_step`` (saturating counters, incremented here) or from ``codes``
+    (uint8 regrowth codes) with ``births`` (int32 birth step per code) and ``global_step`` (the
+    parameter's step after this update's increment): t = min(global_step - births[code], step_cap).
+    ``tables`` (per-slot bias corrections indexed by the local step) or ``bias_corrections``
     (global-step scalars) - exactly one is given. ``ramp``: ``none|linear|momentum``; a slot is
     regrown (ramped) while its local step is below ``regrown_below``. ``dense``/``idx``: the
     persistent compute copy and block ids to write the live new values into.
@@ -178,21 +191,24 @@ def smet_adam_update(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch
     if n == 0:
         return
     ramp_code = {"none": 0, "linear": 1, "momentum": 2}[ramp]
-    has_lt = local_step is not None
+    has_code = codes is not None
+    if has_code and (births is None or local_step is not None):
+        raise ValueError("codes need births, and exclude counters")
+    has_lt = local_step is not None or has_code
     per_slot = tables is not None
     if per_slot and not has_lt:
         raise ValueError("per-slot bias corrections need local steps")
-    if has_lt and block_size > 1:
+    if local_step is not None and block_size > 1:
         # several elements share a slot's counter: bump it first, so no element reads a stored value
         local_step.add_(1).clamp_(max=step_cap)
     dummy = p
     t1, t2 = tables if per_slot else (dummy, dummy)
     bc1, bc2 = bias_corrections if bias_corrections is not None else (1.0, 1.0)
     _smet_adam_kernel[_grid(n)](
-        p, g, m, v, local_step if has_lt else dummy, t1, t2,
+        p, g, m, v, codes if has_code else (local_step if has_lt else dummy), births if has_code else dummy, t1, t2,
         idx if dense is not None else dummy, dense if dense is not None else dummy,
         n, n_live * block_size, float(lr), float(weight_decay), float(beta1), float(beta2),
         1.0 - float(beta1), 1.0 - float(beta2), float(eps),
-        float(bc1), float(bc2), float(max(warmup_steps, 1)), int(regrown_below), int(step_cap),
-        B=block_size, HAS_LT=has_lt, PER_SLOT_BC=per_slot, RAMP=ramp_code if has_lt else 0,
+        float(bc1), float(bc2), float(max(warmup_steps, 1)), int(regrown_below), int(step_cap), int(global_step),
+        B=block_size, HAS_LT=has_lt, HAS_CODE=has_code, PER_SLOT_BC=per_slot, RAMP=ramp_code if has_lt else 0,
         HAS_WD=weight_decay != 0.0, HAS_DENSE=dense is not None, BLOCK_SIZE=BLOCK)

@@ -16,12 +16,14 @@ Both breakdowns are ``{"all": {...}, "sparse": {...}}`` with the categories
 
 ============  ===============================================================================
 weights       parameters (sparse layers: the compact ``values``)
-grads         ``.grad`` tensors that exist (predictions assume they do: right after backward)
+grads         ``.grad`` tensors that exist (predictions assume they do: right after backward;
+              none with ``optimizer.fused_backward``, which frees each inside backward)
 optimizer     every tensor in ``optimizer.state`` except ``local_step`` (m, v, AdamW's 0-dim
               fp32 ``step`` of dense parameters; the SMET optimizer's sparse ``step`` is a
               python int and costs nothing)
-metadata      sparse layers' ``idx`` (int32, one per block slot) + the optimizer's per-slot
-              ``local_step`` (int16 / int32)
+metadata      sparse layers' ``idx`` (int32, one per block slot) + the optimizer's local steps
+              (``regrow_code``, 1 byte per slot, and ``regrow_birth``, 256 x int32 per layer; or
+              ``local_step`` counters, int16 / int32 per slot)
 compute_copy  persistent dense copies of sparse layers (``materialize="persistent"``)
 buffers       other model buffers (the RoPE ``cos``/``sin`` tables)
 total         sum of the above
@@ -35,19 +37,24 @@ Bytes per active weight (sparse layers, block size ``b``, capacity == active cou
 ------------------------------------------------------------------------------------
 
 ``p`` = parameter / optimizer-state bytes (4 for ``32``, ``32-true``, ``bf16-mixed``,
-``16-mixed``; 2 for ``bf16-true``). The index costs 4 B per block slot, the local step 2 B
-(int16: default betas and W <= 17,329) or 4 B (int32) per block slot and only exists when the
-optimizer tracks local steps (``reset_local_step`` or ``regrowth_warmup_steps > 0``). The method
-semantics (which optimizer options a method sets) come from the composed configs
-(``conf/sparsity/*.yaml``); this module defines no method table.
+``16-mixed``; 2 for ``bf16-true``). The index costs 4 B per block slot. The local step exists only
+when the optimizer tracks it (``reset_local_step`` or ``regrowth_warmup_steps > 0``) and costs 1 B
+per block slot as a regrowth code (``optimizer.local_step_storage: code``, the default, while at
+most 255 updates are in flight: update interval >= 68 at b2 = 0.999, or a run of <= 255 updates;
+see :func:`local_step_layout`) plus a 1 KiB table per sparse layer, else 2 B (int16 counter:
+default betas and W <= 17,329) or 4 B (int32). The method semantics (which optimizer options a
+method sets) come from the composed configs (``conf/sparsity/*.yaml``); this module defines no
+method table.
 
 =============================  ======  =====  ===  ===  =======  ==========  ==============
 configuration                  values  grads  m    v    index    local step  total (b = 1)
 =============================  ======  =====  ===  ===  =======  ==========  ==============
 dense AdamW, fp32 states       4       4      4    4    -        -           16 per weight
 dense AdamW, pure bf16         2       2      2    2    -        -           8 per weight
-smet, fp32 states              4       4      4    4    4/b      2/b         22
-smet, pure bf16 (bf16-true)    2       2      2    2    4/b      2/b         14
+smet, fp32 states              4       4      4    4    4/b      1/b         21
+smet, pure bf16 (bf16-true)    2       2      2    2    4/b      1/b         13
+smet, int16 counters, fp32     4       4      4    4    4/b      2/b         22
+smet, int16 counters, bf16     2       2      2    2    4/b      2/b         14
 static / set / rigl, fp32      4       4      4    4    4/b      0           20
 static / set / rigl, bf16      2       2      2    2    4/b      0           12
 =============================  ======  =====  ===  ===  =======  ==========  ==============
@@ -56,8 +63,8 @@ static / set / rigl, bf16      2       2      2    2    4/b      0           12
 DENSE position of every sparse layer, i.e. +2/d or +4/d per active weight at density d. In the
 default ``transient`` mode a dense weight exists only inside one layer's forward/backward (see
 :func:`estimate_activations`, ``transient_workspace``). Break-even against dense AdamW at b = 1
-(smet): d = 16/22 = 0.73 with fp32 states, 8/14 = 0.57 in pure bf16; at b = 4 the metadata
-drops to 1.5 B (smet, 17.5 B and 9.5 B per active weight).
+(smet, codes): d = 16/21 = 0.76 with fp32 states, 8/13 = 0.62 in pure bf16; at b = 4 the
+metadata drops to 1.25 B (smet, 17.25 B and 9.25 B per active weight).
 """
 
 from __future__ import annotations
@@ -70,10 +77,11 @@ from torch import nn
 
 from smet.sparse.config import CHECKPOINT_MODES, LOSS_IMPLS  # noqa: F401  (also smet.sparse.memory.*)
 from smet.sparse.layer import SparseLinear
-from smet.sparse.optimizer import option_defaults, saturation_step
+from smet.sparse.optimizer import N_CODES, option_defaults, saturation_step
 from smet.sparse.topology import DEFAULT_TARGETS, SparsityConfig, layer_plan
 
 CATEGORIES = ("weights", "grads", "optimizer", "metadata", "compute_copy", "buffers")
+METADATA_STATES = ("local_step", "regrow_code", "regrow_birth")  # optimizer state counted as metadata
 PRECISION_BYTES = {"32": 4, "32-true": 4, "bf16-mixed": 4, "16-mixed": 4, "bf16-true": 2}
 
 
@@ -92,15 +100,41 @@ def compute_copy_bytes(precision: str) -> int:
     return 2 if str(precision).startswith("bf16") else 4
 
 
-def local_step_bytes(optimizer_cfg: Mapping[str, Any]) -> int:
-    """Bytes per block slot of the SMET optimizer's local step (0 when it tracks none)."""
+CODE_TABLE_BYTES = N_CODES * 4  # the int32 birth step of each of the 256 regrowth codes, per sparse parameter
+
+
+def local_step_layout(optimizer_cfg: Mapping[str, Any], sparsity_cfg: Mapping[str, Any] | None = None,
+                      total_steps: int | None = None) -> tuple[str, int, int]:
+    """How the SMET optimizer stores local steps: ``(storage, bytes per block slot, bytes per sparse
+    parameter)`` with storage ``none`` (it tracks none), ``code`` (1 byte + the 1 KiB birth table),
+    ``int16`` or ``int32`` (counters).
+
+    ``local_step_storage: code`` stays codes while at most 255 updates are in flight: at most
+    ``(cap - 1) // update_interval + 1`` of them (a code frees once its slots saturate at ``cap``),
+    and never more than the run's ``total_steps // update_interval`` updates (when given). Past
+    that the optimizer switches to counters; this returns the storage the run ends with.
+    """
     o = option_defaults() | {k: v for k, v in dict(optimizer_cfg).items() if v is not None}
     w = int(o["regrowth_warmup_steps"])
     if not (bool(o["reset_local_step"]) or w > 0):
-        return 0
+        return "none", 0, 0
     b1, b2 = (float(x) for x in o["betas"])
     cap = max(saturation_step(b1, b2), w)
-    return 2 if cap <= torch.iinfo(torch.int16).max else 4
+    counter = ("int16", 2, 0) if cap <= torch.iinfo(torch.int16).max else ("int32", 4, 0)
+    if str(o.get("local_step_storage", "code")) != "code":
+        return counter
+    interval = max(1, int((sparsity_cfg or {}).get("update_interval") or 100))
+    in_flight = (cap - 1) // interval + 1 if counter[0] == "int16" else None
+    if total_steps is not None:
+        in_flight = min(in_flight or total_steps, total_steps // interval)
+    return ("code", 1, CODE_TABLE_BYTES) if in_flight is not None and in_flight < N_CODES else counter
+
+
+def local_step_bytes(optimizer_cfg: Mapping[str, Any], sparsity_cfg: Mapping[str, Any] | None = None,
+                     total_steps: int | None = None) -> int:
+    """Bytes per block slot of the SMET optimizer's local step (0 when it tracks none); see
+    :func:`local_step_layout`."""
+    return local_step_layout(optimizer_cfg, sparsity_cfg, total_steps)[1]
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -160,7 +194,7 @@ def measure_static(model: nn.Module, optimizer: torch.optim.Optimizer | None, sp
         opt_t, meta_t = [], []
         for k, v in st.items():
             if isinstance(v, torch.Tensor):
-                (meta_t if k == "local_step" else opt_t).append(v)
+                (meta_t if k in METADATA_STATES else opt_t).append(v)
         return opt_t, meta_t
 
     def count(params: list, buffers: list, idx_bufs: list, copies: list) -> dict[str, int]:
@@ -248,11 +282,14 @@ def _targets(shapes: ModelShapes, scfg: Mapping[str, Any]) -> list[tuple[str, in
 
 
 def predict_static(shapes: ModelShapes, sparsity_cfg: Mapping[str, Any] | None,
-                   optimizer_cfg: Mapping[str, Any] | None, precision: str) -> dict[str, dict[str, int]]:
+                   optimizer_cfg: Mapping[str, Any] | None, precision: str,
+                   total_steps: int | None = None) -> dict[str, dict[str, int]]:
     """What :func:`measure_static` will report after a training step (grads present), from the
     model's shapes and the configs alone. Same dict shape; exact for every method, block size,
     allocation and both materialisation modes. The optimizer is AdamW for ``method: dense`` and the
-    SMET optimizer otherwise; dense parameters carry a 0-dim fp32 ``step`` each.
+    SMET optimizer otherwise; dense parameters carry a 0-dim fp32 ``step`` each. ``total_steps``
+    (the run's length, when known) decides the local-step storage of short runs
+    (:func:`local_step_layout`).
     """
     scfg = dict(sparsity_cfg or {"method": "dense"})
     ocfg = dict(optimizer_cfg or {})
@@ -260,6 +297,7 @@ def predict_static(shapes: ModelShapes, sparsity_cfg: Mapping[str, Any] | None,
     found = _targets(shapes, scfg)
     target_names = {n for n, _, _ in found}
     is_dense = scfg.get("method", "dense") == "dense"
+    g = 0 if ocfg.get("fused_backward") else p  # fused backward: every gradient is freed inside backward
 
     allb = {k: 0 for k in CATEGORIES}
     sp = {k: 0 for k in CATEGORIES}
@@ -270,22 +308,22 @@ def predict_static(shapes: ModelShapes, sparsity_cfg: Mapping[str, Any] | None,
         dst = (allb, sp) if name in target_names else (allb,)
         for d in dst:
             d["weights"] += n * p
-            d["grads"] += n * p
+            d["grads"] += n * g
             d["optimizer"] += 2 * n * p + 4  # exp_avg, exp_avg_sq, 0-dim fp32 step
     for _, shape, floating, size in shapes.buffers:
         allb["buffers"] += _numel(shape) * (p if floating else size)
     if not is_dense:
         plan = sparse_layer_plan([(o, i) for _, o, i in found], scfg)
-        ls = local_step_bytes(ocfg)
+        _, ls, ls_table = local_step_layout(ocfg, scfg, total_steps)
         cc = compute_copy_bytes(precision) if scfg.get("materialize", "transient") == "persistent" else 0
         for lay in plan:
             cap, b = lay["capacity"], lay["block_size"]
             vals = cap * b
             for d in (allb, sp):
                 d["weights"] += vals * p
-                d["grads"] += vals * p
+                d["grads"] += vals * g
                 d["optimizer"] += 2 * vals * p
-                d["metadata"] += cap * 4 + cap * ls
+                d["metadata"] += cap * 4 + cap * ls + ls_table
                 d["compute_copy"] += lay["out"] * lay["in"] * cc
     for d in (allb, sp):
         d["total"] = sum(d[k] for k in CATEGORIES)
@@ -303,7 +341,7 @@ def active_weight_count(shapes: ModelShapes, sparsity_cfg: Mapping[str, Any] | N
 
 # ----------------------------------------------------------------------------- formula
 def bytes_per_active_weight(sparsity_cfg: Mapping[str, Any] | None, optimizer_cfg: Mapping[str, Any] | None,
-                            precision: str = "32") -> dict[str, float]:
+                            precision: str = "32", total_steps: int | None = None) -> dict[str, float]:
     """Static bytes per active weight of a sparse layer (per weight for ``method: dense``), from the
     composed ``sparsity`` and ``optimizer`` configs (block size, materialisation, density; the local
     step exists when ``optimizer.reset_local_step`` or ``regrowth_warmup_steps > 0``).
@@ -316,14 +354,15 @@ def bytes_per_active_weight(sparsity_cfg: Mapping[str, Any] | None, optimizer_cf
     scfg = dict(sparsity_cfg or {"method": "dense"})
     ocfg = dict(optimizer_cfg or {})
     p = param_bytes(precision)
+    g = 0 if ocfg.get("fused_backward") else p
     if scfg.get("method", "dense") == "dense":
-        out = {"values": p, "grads": p, "exp_avg": p, "exp_avg_sq": p, "index": 0.0, "local_step": 0.0}
+        out = {"values": p, "grads": g, "exp_avg": p, "exp_avg_sq": p, "index": 0.0, "local_step": 0.0}
         out["total"] = float(sum(out.values()))
         out["persistent_per_dense_position"] = 0.0
         return out
     b = int(scfg.get("block_size", 1))
-    out = {"values": p, "grads": p, "exp_avg": p, "exp_avg_sq": p, "index": 4 / b,
-           "local_step": local_step_bytes(ocfg) / b}
+    out = {"values": p, "grads": g, "exp_avg": p, "exp_avg_sq": p, "index": 4 / b,
+           "local_step": local_step_bytes(ocfg, scfg, total_steps) / b}
     out["total"] = float(sum(out.values()))
     pers = float(compute_copy_bytes(precision)) if scfg.get("materialize", "transient") == "persistent" else 0.0
     out["persistent_per_dense_position"] = pers

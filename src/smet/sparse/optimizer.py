@@ -20,10 +20,19 @@ compact sparse layer (smet-method.md section 3), per block slot i::
 * density-aware LR scaling s(d) is folded into each param group's ``lr`` at construction
   (``lr_scale`` records it), so the global LR schedule multiplies it like any other group.
 
-Local steps are stored per block slot as int16 when that is exact: the counter saturates at the
-first step where both bias corrections round to 1.0 in fp32 (and past W), so saturation changes no
-bit of the update (b2 = 0.999: 17,329). Otherwise int32. Slots active since initialisation are told
-apart from regrown ones without extra memory: their local step equals the (saturated) global step.
+Local steps saturate at the first step where both bias corrections round to 1.0 in fp32 (and past
+W), so saturation changes no bit of the update (b2 = 0.999: 17,329). Two storages, bit-identical
+updates (``local_step_storage``):
+
+* ``code`` (default): ONE byte per block slot, the number of the topology update that regrew it. A
+  per-parameter table of 256 int32 birth steps (``regrow_birth``; 1 KiB) decodes it:
+  t_i = min(T - birth[code_i], cap) with T the parameter's step, and code 0 (birth 0) means "alive
+  since initialisation or saturated": t = min(T, cap), the convention of counters below. A code
+  whose slots have all saturated (T - birth >= cap) is freed (its slots rewritten to 0) when a new
+  one is needed, so 255 codes cover ``cap / update interval`` updates in flight (b2 = 0.999:
+  update intervals >= 68 steps). When no code is free the parameter switches to counters, exact
+  either way (``wide_local_steps`` counts the switches).
+* ``counter``: a saturating int16 counter per block slot when the cap fits (else int32).
 """
 
 from __future__ import annotations
@@ -35,9 +44,11 @@ import torch
 from torch.optim.adamw import adamw as _functional_adamw
 
 from smet.sparse import kernels
+from smet.sparse.config import LOCAL_STEP_STORAGES
 from smet.sparse.config import lr_scale  # noqa: F401  (re-exported: smet.sparse.optimizer.lr_scale)
 
 FP32_HALF_ULP_1 = 2.0**-25  # 1 - x rounds to 1.0f for x below this
+N_CODES = 256  # uint8 regrowth codes: 0 = alive since initialisation (or saturated), 1..255 = an update
 
 
 def saturation_step(beta1: float, beta2: float) -> int:
@@ -58,7 +69,10 @@ class SMETOptimizer(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, *, regrowth_warmup_steps: int = 0, reset_local_step: bool = True,
-                 reset_moments: bool = True, warmup_shape: str = "linear", fused: bool | None = None):
+                 reset_moments: bool = True, warmup_shape: str = "linear", local_step_storage: str = "code",
+                 fused_backward: bool = False, fused: bool | None = None):
+        if local_step_storage not in LOCAL_STEP_STORAGES:
+            raise ValueError(f"local_step_storage must be one of {LOCAL_STEP_STORAGES}, got {local_step_storage!r}")
         if warmup_shape not in ("linear", "momentum"):
             raise ValueError(f"warmup_shape must be 'linear' or 'momentum', got {warmup_shape!r}")
         if regrowth_warmup_steps < 0:
@@ -70,7 +84,9 @@ class SMETOptimizer(torch.optim.Optimizer):
         self.reset_local_step = bool(reset_local_step)
         self.reset_moments = bool(reset_moments)
         self.warmup_shape = warmup_shape
+        self.local_step_storage = local_step_storage
         self.fused = fused
+        self.wide_local_steps = 0  # parameters switched from 1-byte codes to counters (no code was free)
         b1, b2 = self.defaults["betas"]
         self.step_cap = max(saturation_step(b1, b2), self.regrowth_warmup_steps)
         self.local_step_dtype = torch.int16 if self.step_cap <= torch.iinfo(torch.int16).max else torch.int32
@@ -79,7 +95,17 @@ class SMETOptimizer(torch.optim.Optimizer):
         self._layers: dict[torch.nn.Parameter, object] = {}  # values param -> SparseLinear
         self._measure: dict[torch.nn.Parameter, torch.Tensor] = {}
         self._bc_tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._births: dict[torch.nn.Parameter, list[int]] = {}  # host copy of regrow_birth (-1: free code)
         self.last_update_stats: dict[str, float] = {}
+        self._stats: dict[str, list[float]] = {"regrown": [], "mature": []}
+        # optimizer step inside backward: each parameter is updated as soon as its gradient is
+        # complete, and the gradient dropped (no gradient buffer outlives its parameter's update)
+        self.fused_backward = bool(fused_backward)
+        self.track_grad_norm = False  # fused backward: sum the squared gradient norms (train/grad_norm)
+        self._grad_sq: list[torch.Tensor] = []
+        self._backward_hooks: list = []
+        if self.fused_backward:
+            self._install_backward_hooks()
 
     # ----------------------------------------------------------------- wiring
     @property
@@ -100,8 +126,84 @@ class SMETOptimizer(torch.optim.Optimizer):
             st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             if self.tracks_local_steps:
                 slots = p.numel() // group["block_size"]
-                st["local_step"] = torch.zeros(slots, dtype=self.local_step_dtype, device=p.device)
+                if self.local_step_storage == "code":
+                    st["regrow_code"] = torch.zeros(slots, dtype=torch.uint8, device=p.device)
+                    st["regrow_birth"] = self._empty_births(p.device)
+                else:
+                    st["local_step"] = torch.zeros(slots, dtype=self.local_step_dtype, device=p.device)
         return st
+
+    # ------------------------------------------------------- local steps (codes)
+    @staticmethod
+    def _empty_births(device) -> torch.Tensor:
+        births = torch.full((N_CODES,), -1, dtype=torch.int32, device=device)
+        births[0] = 0
+        return births
+
+    def _host_births(self, p, st: dict) -> list[int]:
+        births = self._births.get(p)
+        if births is None:
+            births = self._births[p] = [int(x) for x in st["regrow_birth"].tolist()]
+        return births
+
+    def local_steps(self, p: torch.Tensor) -> torch.Tensor | None:
+        """The local step of every block slot of sparse parameter ``p`` as int32 (whatever the
+        storage; None when the optimizer tracks none or ``p`` has no state yet)."""
+        st = self.state.get(p)
+        if not st:
+            return None
+        if "regrow_code" in st:
+            return self._decode(st)
+        if "local_step" in st:
+            return st["local_step"].int()
+        return None
+
+    def _decode(self, st: dict) -> torch.Tensor:
+        """t_i = min(T - birth[code_i], cap) as int32 (module docstring)."""
+        births = st["regrow_birth"].index_select(0, st["regrow_code"].int())
+        return (int(st["step"]) - births).clamp_(max=self.step_cap)
+
+    def _new_code(self, p, st: dict) -> int | None:
+        """The code for slots regrown now (at step T = st["step"]), or None when none is free."""
+        T = int(st["step"])
+        births = self._host_births(p, st)
+        for k in range(1, N_CODES):
+            if births[k] == T:
+                return k  # another reset at the same step
+        free = [k for k in range(1, N_CODES) if births[k] < 0]
+        if not free:  # codes whose slots have all saturated decode like code 0: rewrite them to 0
+            done = [k for k in range(1, N_CODES) if T - births[k] >= self.step_cap]
+            if done:
+                codes = st["regrow_code"]
+                codes.masked_fill_(torch.isin(codes, torch.tensor(done, dtype=torch.uint8, device=codes.device)), 0)
+                for k in done:
+                    births[k] = -1
+                st["regrow_birth"][done] = -1
+            free = done
+        if not free:
+            return None
+        k = free[0]
+        births[k] = T
+        st["regrow_birth"][k] = T
+        return k
+
+    def _widen(self, p, st: dict) -> None:
+        """Switch parameter ``p`` from codes to counters (same local steps)."""
+        st["local_step"] = self._decode(st).to(self.local_step_dtype)
+        del st["regrow_code"], st["regrow_birth"]
+        self._births.pop(p, None)
+        self.wide_local_steps += 1
+
+    def _mark_regrown(self, p, st: dict, slots) -> None:
+        """Local step 0 for ``slots`` (an index tensor or a slice) of ``p``."""
+        if "regrow_code" in st:
+            k = self._new_code(p, st)
+            if k is not None:
+                st["regrow_code"][slots] = k
+                return
+            self._widen(p, st)
+        if "local_step" in st:
+            st["local_step"][slots] = 0
 
     @torch.no_grad()
     def reset_slots(self, p: torch.nn.Parameter, slots: torch.Tensor) -> None:
@@ -114,8 +216,7 @@ class SMETOptimizer(torch.optim.Optimizer):
         if self.reset_moments:
             st["exp_avg"].view(-1, b)[slots] = 0
             st["exp_avg_sq"].view(-1, b)[slots] = 0
-        if "local_step" in st:
-            st["local_step"][slots] = 0
+        self._mark_regrown(p, st, slots)
 
     @torch.no_grad()
     def compact_slots(self, p: torch.nn.Parameter, keep_slots: torch.Tensor, n_live: int) -> None:
@@ -127,13 +228,15 @@ class SMETOptimizer(torch.optim.Optimizer):
         group = next(g for g in self.param_groups if any(q is p for q in g["params"]))
         b = group["block_size"]
         n = keep_slots.numel()
-        for key in ("exp_avg", "exp_avg_sq", "local_step"):
+        for key in ("exp_avg", "exp_avg_sq", "local_step", "regrow_code"):
             if key not in st:
                 continue
-            x = st[key].view(-1, b) if key != "local_step" else st[key]
+            x = st[key].view(-1, b) if key in ("exp_avg", "exp_avg_sq") else st[key]
             kept = x[keep_slots].clone()
             x.zero_()
             x[:n] = kept
+        if "regrow_code" in st and n_live > n:  # zeroed codes mean "mature": mark the grown ones
+            self._mark_regrown(p, st, slice(n, n_live))
 
     def load_state_dict(self, state_dict: dict) -> None:
         """As ``torch.optim.Optimizer``'s, but local steps keep their integer dtype and bits (the base
@@ -145,8 +248,10 @@ class SMETOptimizer(torch.optim.Optimizer):
         starts every slot mature, local step = min(saved step, step_cap), the convention of slots
         alive since initialisation (module docstring); saved local steps it does not track are dropped.
         """
-        saved = {pid: st["local_step"] for pid, st in state_dict["state"].items() if "local_step" in st}
+        keys = ("local_step", "regrow_code", "regrow_birth")
+        saved = {pid: {k: st[k] for k in keys if k in st} for pid, st in state_dict["state"].items()}
         super().load_state_dict(state_dict)
+        self._births.clear()
         ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         by_id = dict(zip(ids, params))
@@ -155,27 +260,96 @@ class SMETOptimizer(torch.optim.Optimizer):
             st = self.state.get(p)
             if not st or id(p) not in sparse:
                 continue
+            for k in keys:
+                st.pop(k, None)
             if not self.tracks_local_steps:
-                st.pop("local_step", None)
-            elif pid in saved:
-                st["local_step"] = saved[pid].to(device=p.device, dtype=self.local_step_dtype, copy=True)
-            else:
-                slots = p.numel() // sparse[id(p)]
-                st["local_step"] = torch.full((slots,), min(int(st["step"]), self.step_cap),
-                                              dtype=self.local_step_dtype, device=p.device)
+                continue
+            self._restore_local_steps(st, saved.get(pid, {}), p.numel() // sparse[id(p)], p.device)
+
+    def _restore_local_steps(self, st: dict, saved: dict, slots: int, device) -> None:
+        """Local steps from a saved state of either storage (or none: every slot mature) into this
+        optimizer's storage; counters that need more than 255 codes stay counters."""
+        T = int(st["step"])
+        if "regrow_code" in saved:
+            codes = saved["regrow_code"].to(device=device, dtype=torch.uint8, copy=True)
+            births = saved["regrow_birth"].to(device=device, dtype=torch.int32, copy=True)
+            if self.local_step_storage == "code":
+                st["regrow_code"], st["regrow_birth"] = codes, births
+                return
+            lt = (T - births.index_select(0, codes.int())).clamp_(max=self.step_cap)
+        elif "local_step" in saved:
+            lt = saved["local_step"].to(device=device, dtype=torch.int32)
+        else:
+            lt = None
+        if self.local_step_storage == "code":
+            st["regrow_code"] = torch.zeros(slots, dtype=torch.uint8, device=device)
+            st["regrow_birth"] = self._empty_births(device)
+            if lt is None:
+                return
+            regrown = lt < min(T, self.step_cap)
+            born = T - lt[regrown]
+            uniq = torch.unique(born)
+            if uniq.numel() < N_CODES:
+                st["regrow_code"][regrown] = (torch.searchsorted(uniq, born) + 1).to(torch.uint8)
+                st["regrow_birth"][1: uniq.numel() + 1] = uniq.to(torch.int32)
+                return
+            del st["regrow_code"], st["regrow_birth"]
+            self.wide_local_steps += 1
+        if lt is None:
+            lt = torch.full((slots,), min(T, self.step_cap), dtype=torch.int32, device=device)
+        st["local_step"] = lt.to(self.local_step_dtype)
 
     def measure_next_step(self, p: torch.nn.Parameter, regrown_slots: torch.Tensor) -> None:
         """Record mean |update| / lr of regrown vs mature slots of ``p`` at the next step."""
         self._measure[p] = regrown_slots
 
+    # ------------------------------------------------- optimizer step in backward
+    def _install_backward_hooks(self) -> None:
+        group_of = {p: g for g in self.param_groups for p in g["params"]}
+        for p, group in group_of.items():
+            if p.requires_grad:
+                self._backward_hooks.append(p.register_post_accumulate_grad_hook(
+                    lambda q, group=group: self._backward_update(q, group)))
+
+    @torch.no_grad()
+    def _backward_update(self, p: torch.Tensor, group: dict) -> None:
+        """Runs inside backward once ``p.grad`` is complete: this step's update of ``p``, then the
+        gradient is dropped."""
+        if p.grad is None:
+            return
+        if self.track_grad_norm:
+            self._grad_sq.append(torch._foreach_norm([p.grad])[0].float().square())
+        if group["sparse"]:
+            self._sparse_update(p, group, self._stats)
+        else:
+            self._dense_update(group, only=p)
+        p.grad = None
+
+    def pop_grad_norm(self) -> torch.Tensor | None:
+        """Fused backward with ``track_grad_norm``: the global gradient norm of the step just taken
+        (a 0-dim fp32 device tensor; no host sync), None when none was recorded."""
+        if not self._grad_sq:
+            return None
+        out = torch.stack(self._grad_sq).sum().sqrt()
+        self._grad_sq = []
+        return out
+
+    def remove_backward_hooks(self) -> None:
+        for h in self._backward_hooks:
+            h.remove()
+        self._backward_hooks = []
+
     # ------------------------------------------------------------------- step
     @torch.no_grad()
     def step(self, closure=None):
+        """Update every parameter that has a gradient. With ``fused_backward`` the updates already
+        ran inside backward (the closure's, or the caller's before this call) and no gradient is
+        left: this only closes the step (regrown vs mature update sizes)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        stats: dict[str, list[float]] = {"regrown": [], "mature": []}
+        stats = self._stats
         for group in self.param_groups:
             if group["sparse"]:
                 for p in group["params"]:
@@ -186,12 +360,13 @@ class SMETOptimizer(torch.optim.Optimizer):
         if self._measure:
             self._measure.clear()
             self.last_update_stats = {k: (sum(v) / len(v) if v else float("nan")) for k, v in stats.items()}
+        self._stats = {"regrown": [], "mature": []}
         return loss
 
-    def _dense_update(self, group: dict) -> None:
+    def _dense_update(self, group: dict, only: torch.Tensor | None = None) -> None:
         params, grads, m, v, steps = [], [], [], [], []
         fused = self.fused
-        for p in group["params"]:
+        for p in (group["params"] if only is None else [only]):
             if p.grad is None:
                 continue
             st = self.state[p]
@@ -226,9 +401,9 @@ class SMETOptimizer(torch.optim.Optimizer):
     def _bias_corrections(self, lt: torch.Tensor, b1: float, b2: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(1 - b1^t, 1 - b2^t) per slot as (slots, 1) fp32, computed in float64 and rounded once.
 
-        With int16 local steps a lookup table over t = 0..cap replaces the per-step pow (same bits).
+        With a cap that int16 holds a lookup table over t = 0..cap replaces the per-step pow (same bits).
         """
-        if lt.dtype == torch.int16:
+        if self.local_step_dtype == torch.int16:
             tab1, tab2 = self._bc_table(lt.device, b1, b2)
             i = lt.int()
             return tab1[i].unsqueeze(1), tab2[i].unsqueeze(1)
@@ -239,9 +414,8 @@ class SMETOptimizer(torch.optim.Optimizer):
         """Whether the fused kernel (``smet.sparse.kernels``) can do this parameter's update."""
         if not kernels.usable(p):
             return False
-        lt = st.get("local_step")
-        if lt is not None and lt.dtype != torch.int16:
-            return False
+        if self.tracks_local_steps and self.local_step_dtype != torch.int16:
+            return False  # int32 counters: no bias-correction table
         g = p.grad
         return (g.device == p.device and g.dtype == p.dtype and g.is_contiguous() and p.is_contiguous()
                 and st["exp_avg"].is_contiguous() and st["exp_avg_sq"].is_contiguous())
@@ -250,7 +424,9 @@ class SMETOptimizer(torch.optim.Optimizer):
         b1, b2 = group["betas"]
         T = st["step"]
         lt = st.get("local_step")
-        ramp = self.warmup_shape if (lt is not None and self.regrowth_warmup_steps > 0) else "none"
+        codes = st.get("regrow_code")
+        tracked = lt is not None or codes is not None
+        ramp = self.warmup_shape if (tracked and self.regrowth_warmup_steps > 0) else "none"
         dense = layer.dense if layer is not None else None
         if dense is not None and not dense.is_contiguous():
             dense = None
@@ -261,7 +437,8 @@ class SMETOptimizer(torch.optim.Optimizer):
             bias_corrections=None if self.reset_local_step else (1.0 - b1**T, 1.0 - b2**T),
             block_size=group["block_size"], ramp=ramp, warmup_steps=self.regrowth_warmup_steps,
             regrown_below=min(T, self.step_cap), step_cap=self.step_cap,
-            dense=dense, idx=layer.idx if dense is not None else None, n_live=layer.n_live if layer is not None else 0)
+            dense=dense, idx=layer.idx if dense is not None else None, n_live=layer.n_live if layer is not None else 0,
+            codes=codes, births=st.get("regrow_birth"), global_step=T)
         if layer is not None and dense is None:
             layer.sync_dense_values()
 
@@ -302,9 +479,13 @@ class SMETOptimizer(torch.optim.Optimizer):
 
         W = self.regrowth_warmup_steps
         ramp = None
+        lt = None
         if "local_step" in st:
             lt = st["local_step"]
             lt.add_(1).clamp_(max=self.step_cap)
+        elif "regrow_code" in st:
+            lt = self._decode(st)
+        if lt is not None:
             tf = lt.to(torch.float32).unsqueeze(1)
             if W > 0:
                 # regrown slots lag the global step; slots alive since init equal it (both saturate)
@@ -382,7 +563,8 @@ def build_smet_optimizer(model: torch.nn.Module, ocfg, sparse) -> SMETOptimizer:
     opt = SMETOptimizer(
         groups, lr=lr, betas=tuple(float(x) for x in o["betas"]), eps=float(o["eps"]), weight_decay=wd,
         regrowth_warmup_steps=int(o["regrowth_warmup_steps"]), reset_local_step=bool(o["reset_local_step"]),
-        reset_moments=bool(o["reset_moments"]), warmup_shape=str(o["warmup_shape"]), fused=on_cuda or None,
+        reset_moments=bool(o["reset_moments"]), warmup_shape=str(o["warmup_shape"]),
+        local_step_storage=str(o["local_step_storage"]), fused_backward=bool(o["fused_backward"]), fused=on_cuda or None,
     )
     for layer in layers:
         opt.register_layer(layer)
