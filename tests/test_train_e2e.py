@@ -85,12 +85,15 @@ def test_smet_bf16_precisions_on_cpu(run_train, precision):
                     f"trainer.precision={precision}", "trainer.max_steps=6", "trainer.val_every_n_steps=6")
     s = json.loads((res.out_dir / "summary.json").read_text())
     assert s["steps"] == 6 and s["val_loss"] == s["val_loss"] and s["val_loss"] < 10  # finite
-    # pure bf16 keeps weights, grads and states in 2 B (14 B per active weight); bf16-mixed in 4 B (22 B)
+    # pure bf16 keeps weights, grads and states in 2 B (13 B per active weight); bf16-mixed in 4 B (21 B);
+    # metadata: int32 index + 1-byte regrowth code per weight + a 1 KiB birth table per layer
     width = 2 if precision == "bf16-true" else 4
     sb = s["static_bytes"]["sparse"]
     active = sb["weights"] // width
     assert sb["optimizer"] == 2 * width * active
-    assert (sb["weights"] + sb["optimizer"] + sb["metadata"]) / active == (2 if width == 2 else 4) * 3 + 6
+    tables = sb["metadata"] - 5 * active
+    assert tables > 0 and tables % 1024 == 0
+    assert (sb["weights"] + sb["optimizer"] + sb["metadata"] - tables) / active == (2 if width == 2 else 4) * 3 + 5
 
 
 def test_gradient_accumulation_updates_once_per_optimizer_step(run_train):

@@ -23,7 +23,7 @@ COLUMN_KEYS = ("sparsity", "sparsity.method", "sparsity.variant", "sparsity.dens
                "trainer.precision", "model.gradient_checkpointing", "trainer.compile")
 # optimizer options only the SMET optimizer reads (a dense run's AdamW ignores them)
 SPARSE_OPTIMIZER_KEYS = ("regrowth_warmup_steps", "lr_scaling", "lr_scaling_scope", "reset_local_step",
-                         "reset_moments", "warmup_shape", "local_step_storage")
+                         "reset_moments", "warmup_shape", "local_step_storage", "moments")
 DENSE_SPARSITY = {"method": "dense", "density": 1.0}
 
 

@@ -36,7 +36,8 @@ DENSITY_SCHEDULES = ("constant", "gradual")
 LR_SCALING = ("none", "inverse", "inverse_sqrt")
 LR_SCALING_SCOPE = ("sparse", "all")
 WARMUP_SHAPES = ("linear", "momentum")
-LOCAL_STEP_STORAGES = ("code", "counter")  # smet.sparse.optimizer: 1-byte regrowth codes | int16/int32 counters
+LOCAL_STEP_STORAGES = ("code", "counter")
+MOMENT_STORAGES = ("native", "8bit")  # sparse layers' Adam moments: the parameter's dtype | block-wise 8-bit  # smet.sparse.optimizer: 1-byte regrowth codes | int16/int32 counters
 # sparsifiable modules of a LLaMA block, plus the head (names as in the HF LLaMA layout)
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
 
@@ -141,6 +142,8 @@ def check_sparsity_config(sp: Mapping, opt: Mapping, model: Mapping | None = Non
     _choice(opt, "warmup_shape", WARMUP_SHAPES, "optimizer")
     if opt.get("local_step_storage") is not None:  # absent in configs written before it existed
         _choice(opt, "local_step_storage", LOCAL_STEP_STORAGES, "optimizer")
+    if opt.get("moments") is not None:
+        _choice(opt, "moments", MOMENT_STORAGES, "optimizer")
     for key in ("reset_local_step", "reset_moments"):
         if not isinstance(opt.get(key), bool):
             raise SmetConfigError(f"optimizer.{key}", f"must be true or false, got {opt.get(key)!r}")

@@ -59,6 +59,9 @@ static / set / rigl, fp32      4       4      4    4    4/b      0           20
 static / set / rigl, bf16      2       2      2    2    4/b      0           12
 =============================  ======  =====  ===  ===  =======  ==========  ==============
 
+``optimizer.fused_backward`` removes the grads column (0); ``optimizer.moments: 8bit`` makes m and
+v 1 + 4/256 B each for the sparse layers (smet, pure bf16, both: 9.03 B at b = 1).
+
 ``materialize="persistent"`` adds a dense compute copy: +2 B (bf16 precisions) or +4 B per
 DENSE position of every sparse layer, i.e. +2/d or +4/d per active weight at density d. In the
 default ``transient`` mode a dense weight exists only inside one layer's forward/backward (see
@@ -78,6 +81,7 @@ from torch import nn
 from smet.sparse.config import CHECKPOINT_MODES, LOSS_IMPLS  # noqa: F401  (also smet.sparse.memory.*)
 from smet.sparse.layer import SparseLinear
 from smet.sparse.optimizer import N_CODES, option_defaults, saturation_step
+from smet.sparse.quant import QBLOCK, n_scales
 from smet.sparse.topology import DEFAULT_TARGETS, SparsityConfig, layer_plan
 
 CATEGORIES = ("weights", "grads", "optimizer", "metadata", "compute_copy", "buffers")
@@ -316,13 +320,15 @@ def predict_static(shapes: ModelShapes, sparsity_cfg: Mapping[str, Any] | None,
         plan = sparse_layer_plan([(o, i) for _, o, i in found], scfg)
         _, ls, ls_table = local_step_layout(ocfg, scfg, total_steps)
         cc = compute_copy_bytes(precision) if scfg.get("materialize", "transient") == "persistent" else 0
+        eight = str(ocfg.get("moments") or "native") == "8bit"
         for lay in plan:
             cap, b = lay["capacity"], lay["block_size"]
             vals = cap * b
             for d in (allb, sp):
                 d["weights"] += vals * p
                 d["grads"] += vals * g
-                d["optimizer"] += 2 * vals * p
+                # m and v: the parameter's dtype, or a byte each + an fp32 scale per QBLOCK values
+                d["optimizer"] += 2 * (vals + 4 * n_scales(vals)) if eight else 2 * vals * p
                 d["metadata"] += cap * 4 + cap * ls + ls_table
                 d["compute_copy"] += lay["out"] * lay["in"] * cc
     for d in (allb, sp):
@@ -361,7 +367,8 @@ def bytes_per_active_weight(sparsity_cfg: Mapping[str, Any] | None, optimizer_cf
         out["persistent_per_dense_position"] = 0.0
         return out
     b = int(scfg.get("block_size", 1))
-    out = {"values": p, "grads": g, "exp_avg": p, "exp_avg_sq": p, "index": 4 / b,
+    mom = 1 + 4 / QBLOCK if str(ocfg.get("moments") or "native") == "8bit" else p
+    out = {"values": p, "grads": g, "exp_avg": mom, "exp_avg_sq": mom, "index": 4 / b,
            "local_step": local_step_bytes(ocfg, scfg, total_steps) / b}
     out["total"] = float(sum(out.values()))
     pers = float(compute_copy_bytes(precision)) if scfg.get("materialize", "transient") == "persistent" else 0.0

@@ -44,10 +44,12 @@ import torch
 from torch.optim.adamw import adamw as _functional_adamw
 
 from smet.sparse import kernels
-from smet.sparse.config import LOCAL_STEP_STORAGES
+from smet.sparse import quant
+from smet.sparse.config import LOCAL_STEP_STORAGES, MOMENT_STORAGES
 from smet.sparse.config import lr_scale  # noqa: F401  (re-exported: smet.sparse.optimizer.lr_scale)
 
 FP32_HALF_ULP_1 = 2.0**-25  # 1 - x rounds to 1.0f for x below this
+MOMENT_KEYS = ("exp_avg", "exp_avg_sq", "exp_avg_scale", "exp_avg_sq_scale")
 N_CODES = 256  # uint8 regrowth codes: 0 = alive since initialisation (or saturated), 1..255 = an update
 
 
@@ -70,7 +72,9 @@ class SMETOptimizer(torch.optim.Optimizer):
     def __init__(self, params: Iterable, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, *, regrowth_warmup_steps: int = 0, reset_local_step: bool = True,
                  reset_moments: bool = True, warmup_shape: str = "linear", local_step_storage: str = "code",
-                 fused_backward: bool = False, fused: bool | None = None):
+                 fused_backward: bool = False, moments: str = "native", fused: bool | None = None):
+        if moments not in MOMENT_STORAGES:
+            raise ValueError(f"moments must be one of {MOMENT_STORAGES}, got {moments!r}")
         if local_step_storage not in LOCAL_STEP_STORAGES:
             raise ValueError(f"local_step_storage must be one of {LOCAL_STEP_STORAGES}, got {local_step_storage!r}")
         if warmup_shape not in ("linear", "momentum"):
@@ -85,6 +89,7 @@ class SMETOptimizer(torch.optim.Optimizer):
         self.reset_moments = bool(reset_moments)
         self.warmup_shape = warmup_shape
         self.local_step_storage = local_step_storage
+        self.moments = moments  # native: the parameter's dtype | 8bit: block-wise 8-bit codes (smet.sparse.quant)
         self.fused = fused
         self.wide_local_steps = 0  # parameters switched from 1-byte codes to counters (no code was free)
         b1, b2 = self.defaults["betas"]
@@ -122,8 +127,12 @@ class SMETOptimizer(torch.optim.Optimizer):
         st = self.state[p]
         if not st:
             st["step"] = 0
-            st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if self.moments == "8bit":
+                st["exp_avg"], st["exp_avg_scale"] = quant.empty_state(p.numel(), True, p.device)
+                st["exp_avg_sq"], st["exp_avg_sq_scale"] = quant.empty_state(p.numel(), False, p.device)
+            else:
+                st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             if self.tracks_local_steps:
                 slots = p.numel() // group["block_size"]
                 if self.local_step_storage == "code":
@@ -228,13 +237,19 @@ class SMETOptimizer(torch.optim.Optimizer):
         group = next(g for g in self.param_groups if any(q is p for q in g["params"]))
         b = group["block_size"]
         n = keep_slots.numel()
+        quantised = "exp_avg_scale" in st
         for key in ("exp_avg", "exp_avg_sq", "local_step", "regrow_code"):
             if key not in st:
                 continue
-            x = st[key].view(-1, b) if key in ("exp_avg", "exp_avg_sq") else st[key]
+            if quantised and key in ("exp_avg", "exp_avg_sq"):  # scales are per block: move values, re-encode
+                x = quant.dequantize(st[key], st[key + "_scale"]).view(-1, b)
+            else:
+                x = st[key].view(-1, b) if key in ("exp_avg", "exp_avg_sq") else st[key]
             kept = x[keep_slots].clone()
             x.zero_()
             x[:n] = kept
+            if quantised and key in ("exp_avg", "exp_avg_sq"):
+                quant.quantize_(x.reshape(-1), st[key], st[key + "_scale"])
         if "regrow_code" in st and n_live > n:  # zeroed codes mean "mature": mark the grown ones
             self._mark_regrown(p, st, slice(n, n_live))
 
@@ -250,6 +265,7 @@ class SMETOptimizer(torch.optim.Optimizer):
         """
         keys = ("local_step", "regrow_code", "regrow_birth")
         saved = {pid: {k: st[k] for k in keys if k in st} for pid, st in state_dict["state"].items()}
+        moments = {pid: {k: st[k] for k in MOMENT_KEYS if k in st} for pid, st in state_dict["state"].items()}
         super().load_state_dict(state_dict)
         self._births.clear()
         ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
@@ -260,11 +276,31 @@ class SMETOptimizer(torch.optim.Optimizer):
             st = self.state.get(p)
             if not st or id(p) not in sparse:
                 continue
+            self._restore_moments(st, moments.get(pid, {}), p)
             for k in keys:
                 st.pop(k, None)
             if not self.tracks_local_steps:
                 continue
             self._restore_local_steps(st, saved.get(pid, {}), p.numel() // sparse[id(p)], p.device)
+
+    def _restore_moments(self, st: dict, saved: dict, p: torch.Tensor) -> None:
+        """m and v from a saved state of either storage into this optimizer's, dtypes and bits kept
+        (the base class casts every state tensor to the parameter's dtype)."""
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key not in saved:
+                continue
+            x, scale = saved[key], saved.get(key + "_scale")
+            st.pop(key + "_scale", None)
+            if scale is not None:  # saved 8-bit
+                codes = x.to(device=p.device, dtype=torch.int8 if key == "exp_avg" else torch.uint8, copy=True)
+                scale = scale.to(device=p.device, dtype=torch.float32, copy=True)
+                if self.moments == "8bit":
+                    st[key], st[key + "_scale"] = codes, scale
+                else:
+                    st[key] = quant.dequantize(codes, scale).to(p.dtype).view_as(p)
+            elif self.moments == "8bit":
+                st[key], st[key + "_scale"] = quant.empty_state(p.numel(), key == "exp_avg", p.device)
+                quant.quantize_(x.to(device=p.device, dtype=torch.float32).reshape(-1), st[key], st[key + "_scale"])
 
     def _restore_local_steps(self, st: dict, saved: dict, slots: int, device) -> None:
         """Local steps from a saved state of either storage (or none: every slot mature) into this
@@ -416,6 +452,8 @@ class SMETOptimizer(torch.optim.Optimizer):
             return False
         if self.tracks_local_steps and self.local_step_dtype != torch.int16:
             return False  # int32 counters: no bias-correction table
+        if "exp_avg_scale" in st:
+            return False  # 8-bit moments: the reference path
         g = p.grad
         return (g.device == p.device and g.dtype == p.dtype and g.is_contiguous() and p.is_contiguous()
                 and st["exp_avg"].is_contiguous() and st["exp_avg_sq"].is_contiguous())
@@ -473,7 +511,13 @@ class SMETOptimizer(torch.optim.Optimizer):
         lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
         T = st["step"]
         g = p.grad.view(-1, b)
-        m, v = st["exp_avg"].view(-1, b), st["exp_avg_sq"].view(-1, b)
+        quantised = "exp_avg_scale" in st
+        if quantised:  # 8-bit: decode to fp32, update, encode again at the end
+            g = g.float()
+            m = quant.dequantize(st["exp_avg"], st["exp_avg_scale"]).view(-1, b)
+            v = quant.dequantize(st["exp_avg_sq"], st["exp_avg_sq_scale"]).view(-1, b)
+        else:
+            m, v = st["exp_avg"].view(-1, b), st["exp_avg_sq"].view(-1, b)
         m.mul_(b1).add_(g, alpha=1.0 - b1)
         v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
 
@@ -505,6 +549,9 @@ class SMETOptimizer(torch.optim.Optimizer):
             bc2 = 1.0 - b2**T
             denom = (v.float() / bc2).sqrt_().add_(eps)
             upd = (m.float() / bc1).div_(denom)
+        if quantised:
+            quant.quantize_(m.reshape(-1), st["exp_avg"], st["exp_avg_scale"])
+            quant.quantize_(v.reshape(-1), st["exp_avg_sq"], st["exp_avg_sq_scale"])
         step_lr = lr if ramp is None else ramp * lr  # python float or (slots, 1) tensor
         pv = p.view(-1, b)
         if wd != 0.0:
@@ -564,7 +611,8 @@ def build_smet_optimizer(model: torch.nn.Module, ocfg, sparse) -> SMETOptimizer:
         groups, lr=lr, betas=tuple(float(x) for x in o["betas"]), eps=float(o["eps"]), weight_decay=wd,
         regrowth_warmup_steps=int(o["regrowth_warmup_steps"]), reset_local_step=bool(o["reset_local_step"]),
         reset_moments=bool(o["reset_moments"]), warmup_shape=str(o["warmup_shape"]),
-        local_step_storage=str(o["local_step_storage"]), fused_backward=bool(o["fused_backward"]), fused=on_cuda or None,
+        local_step_storage=str(o["local_step_storage"]), fused_backward=bool(o["fused_backward"]),
+        moments=str(o["moments"]), fused=on_cuda or None,
     )
     for layer in layers:
         opt.register_layer(layer)
