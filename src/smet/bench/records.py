@@ -81,7 +81,8 @@ def record(run: BenchRun, o: dict, args, peak_flops: float | None = None, runs: 
     shapes = model_shapes(run.model, run.vocab, run.seq_len)
     # the prediction smet-memory prints for this configuration (same function)
     # at most this many optimizer steps per run (timed + warm-up of each round + the update step)
-    total = int(getattr(args, "steps", 0)) + max(1, int(getattr(args, "rounds", 1))) * (int(getattr(args, "warmup_steps", 0)) + 2)
+    rounds = max(1, int(getattr(args, "rounds", 1)))
+    total = int(getattr(args, "steps", 0)) + rounds * (int(getattr(args, "warmup_steps", 0)) + 2)
     pred = predict_static(shapes, run.sparsity, run.optimizer, run.precision, total_steps=total)
     times, upd = list(o["times"].values()), o["update_times"]
     ok = o["static"] is not None and not o["oom"]

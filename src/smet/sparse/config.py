@@ -36,8 +36,8 @@ DENSITY_SCHEDULES = ("constant", "gradual")
 LR_SCALING = ("none", "inverse", "inverse_sqrt")
 LR_SCALING_SCOPE = ("sparse", "all")
 WARMUP_SHAPES = ("linear", "momentum")
-LOCAL_STEP_STORAGES = ("code", "counter")
-MOMENT_STORAGES = ("native", "8bit")  # sparse layers' Adam moments: the parameter's dtype | block-wise 8-bit  # smet.sparse.optimizer: 1-byte regrowth codes | int16/int32 counters
+LOCAL_STEP_STORAGES = ("code", "counter")  # smet.sparse.optimizer: 1-byte regrowth codes | int16/int32 counters
+MOMENT_STORAGES = ("native", "8bit")  # sparse layers' Adam moments: the parameter's dtype | block-wise 8-bit
 # sparsifiable modules of a LLaMA block, plus the head (names as in the HF LLaMA layout)
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
 

@@ -43,8 +43,7 @@ from typing import Iterable
 import torch
 from torch.optim.adamw import adamw as _functional_adamw
 
-from smet.sparse import kernels
-from smet.sparse import quant
+from smet.sparse import kernels, quant
 from smet.sparse.config import LOCAL_STEP_STORAGES, MOMENT_STORAGES
 from smet.sparse.config import lr_scale  # noqa: F401  (re-exported: smet.sparse.optimizer.lr_scale)
 
@@ -369,11 +368,6 @@ class SMETOptimizer(torch.optim.Optimizer):
         out = torch.stack(self._grad_sq).sum().sqrt()
         self._grad_sq = []
         return out
-
-    def remove_backward_hooks(self) -> None:
-        for h in self._backward_hooks:
-            h.remove()
-        self._backward_hooks = []
 
     # ------------------------------------------------------------------- step
     @torch.no_grad()
