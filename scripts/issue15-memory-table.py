@@ -79,7 +79,8 @@ def main() -> None:
         mode, every = checkpointing_of(m)
         act = estimate_activations(m, c["batch"], c["seq_len"], c["precision"], mode, c["vocab"],
                                    loss_impl=m.get("loss_impl", "exact"),
-                                   loss_chunk_tokens=m.get("loss_chunk_tokens", 4096), checkpoint_every=every, **kw)
+                                   loss_chunk_tokens=m.get("loss_chunk_tokens", 4096), checkpoint_every=every,
+                                   pointwise=m.get("pointwise", "reference"), **kw)
         old = estimate_activations(m, c["batch"], c["seq_len"], c["precision"], mode != "none", c["vocab"],
                                    loss_impl="exact", **kw)
         meas = r["peak_bytes"]

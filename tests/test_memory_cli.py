@@ -32,7 +32,8 @@ def _json(capsys, argv):
 def _total(row, batch, ckpt, every=1):
     act = estimate_activations(row["model_dims"], batch, row["seq_len"], row["precision"], ckpt, row["vocab"],
                                sparse_materialize=row["materialize"], checkpoint_every=every,
-                               loss_impl=row["loss_impl"], loss_chunk_tokens=row["loss_chunk_tokens"])
+                               loss_impl=row["loss_impl"], loss_chunk_tokens=row["loss_chunk_tokens"],
+                               pointwise=row["pointwise"])
     return row["static_bytes"]["total"] + act["total"]
 
 
@@ -305,7 +306,7 @@ def test_selective_checkpointing_and_loss_keys_compose_into_the_estimate(capsys)
         act = estimate_activations(r["model_dims"], 64, r["seq_len"], r["precision"], r["activation_checkpointing"],
                                    r["vocab"], sparse_materialize=r["materialize"],
                                    checkpoint_every=r["checkpoint_every"], loss_impl="chunked",
-                                   loss_chunk_tokens=2048)
+                                   loss_chunk_tokens=2048, pointwise=r["pointwise"])
         assert r["activations_estimate_bytes"] == act
         assert r["peak_estimate_bytes"] == r["static_bytes"]["total"] + act["total"]
     assert rows[2]["activations_estimate_bytes"]["total"] < rows[0]["activations_estimate_bytes"]["total"]

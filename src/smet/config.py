@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from smet.errors import SmetConfigError
-from smet.models.options import CHECKPOINT_MODES, LOSS_IMPLS, checkpointing_of  # noqa: F401  (re-exported)
+from smet.models.options import CHECKPOINT_MODES, LOSS_IMPLS, POINTWISE_IMPLS, checkpointing_of  # noqa: F401  (re-exported)
 
 PRECISIONS = {"32": "32-true", "32-true": "32-true", "bf16-mixed": "bf16-mixed", "bf16-true": "bf16-true",
               "16-mixed": "16-mixed", "bf16": "bf16-mixed"}
@@ -155,6 +155,7 @@ def check_model(cfg: Mapping) -> None:
     _bool(cfg, "model.gradient_checkpointing")
     checkpointing_of(get(cfg, "model", {}))
     _choice(cfg, "model.loss_impl", LOSS_IMPLS, required=False)
+    _choice(cfg, "model.pointwise", POINTWISE_IMPLS, required=False)
     _int(cfg, "model.loss_chunk_tokens", lo=1, required=False)
 
 

@@ -219,7 +219,8 @@ def resolve_point(point) -> dict[str, Any]:
     return {"cfg": cfg, "name": name, "label": label, "model_cfg": model, "vocab": vocab, "seq_len": seq_len,
             "batch": int(data["batch_size"]), "precision": str(cfg["trainer"]["precision"]),
             "ckpt": mode, "ckpt_every": every if mode != "none" else 1,
-            "loss_impl": lc.loss_impl, "loss_chunk_tokens": lc.loss_chunk_tokens, "overrides": overrides,
+            "loss_impl": lc.loss_impl, "loss_chunk_tokens": lc.loss_chunk_tokens, "pointwise": lc.pointwise,
+            "overrides": overrides,
             "params": lc.num_params(), "dims": {k: getattr(lc, k) for k in ("hidden_size", "intermediate_size",
                                                                             "num_layers", "num_heads", "vocab_size")},
             "sparsity": dict(cfg["sparsity"]), "optimizer": dict(cfg["optimizer"]), "tokens": list(point.overrides)}
@@ -256,7 +257,8 @@ def resolve_gpu(args) -> dict[str, Any] | None:
 
 def max_batch_that_fits(static_total: int, budget: int, model_cfg: dict, seq_len: int, precision: str,
                         checkpointing: bool | str, vocab: int, sparse_materialize: str | None, cap: int = 1 << 20,
-                        *, checkpoint_every: int = 1, loss_impl: str = "exact", loss_chunk_tokens: int = 4096) -> int:
+                        *, checkpoint_every: int = 1, loss_impl: str = "exact", loss_chunk_tokens: int = 4096,
+                        pointwise: str = "reference") -> int:
     """Largest micro-batch ``b`` with ``static + activations(b) <= budget`` (0: not even b = 1).
 
     Uses :func:`smet.sparse.memory.estimate_activations` (non-decreasing in ``b``): doubling, then
@@ -267,7 +269,7 @@ def max_batch_that_fits(static_total: int, budget: int, model_cfg: dict, seq_len
     def fits(b: int) -> bool:
         act = estimate_activations(model_cfg, b, seq_len, precision, checkpointing, vocab,
                                    sparse_materialize=sparse_materialize, checkpoint_every=checkpoint_every,
-                                   loss_impl=loss_impl, loss_chunk_tokens=loss_chunk_tokens)
+                                   loss_impl=loss_impl, loss_chunk_tokens=loss_chunk_tokens, pointwise=pointwise)
         return static_total + act["total"] <= budget
 
     if not fits(1):
@@ -312,7 +314,7 @@ def point_row(p: dict, scfg: dict, ocfg: dict, *, dense_total: int | None, gpu: 
     pred = predict_static(shapes, scfg, ocfg, precision, total_steps)
     active = active_weight_count(shapes, scfg)
     smat = None if dense else str(scfg.get("materialize", "transient"))
-    loss = {"loss_impl": p["loss_impl"], "loss_chunk_tokens": p["loss_chunk_tokens"]}
+    loss = {"loss_impl": p["loss_impl"], "loss_chunk_tokens": p["loss_chunk_tokens"], "pointwise": p["pointwise"]}
     act = estimate_activations(p["model_cfg"], p["batch"], seq_len, precision, p["ckpt"], vocab,
                                sparse_materialize=smat, checkpoint_every=p["ckpt_every"], **loss)
     total = pred["all"]["total"]

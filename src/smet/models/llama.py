@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from smet.models.options import LOSS_IMPLS, checkpointing_of
+from smet.models import pointwise as pw
+from smet.models.options import LOSS_IMPLS, POINTWISE_IMPLS, checkpointing_of
 from smet.models.loss import linear_cross_entropy
 
 GEMM_ALIGNMENT = 64
@@ -41,6 +42,10 @@ class LlamaConfig:
     # (loss_chunk_tokens rows of logits at a time, gradients computed in the forward)
     loss_impl: str = "exact"
     loss_chunk_tokens: int = 4096
+    # RMSNorm / RoPE / SwiGLU: "reference" = the PyTorch ops below (fp32 norm and RoPE); "fused" =
+    # smet.models.pointwise (one Triton kernel per op and direction on CUDA, same math in fp32, fewer
+    # saved tensors); torch.compile tracing always takes the reference ops
+    pointwise: str = "reference"
 
     @classmethod
     def from_dict(cls, d) -> "LlamaConfig":
@@ -77,6 +82,9 @@ class LlamaConfig:
         if self.loss_impl not in LOSS_IMPLS:
             raise SmetConfigError("model.loss_impl", f"unknown value {self.loss_impl!r}; choose one of "
                                                      f"{', '.join(LOSS_IMPLS)}")
+        if self.pointwise not in POINTWISE_IMPLS:
+            raise SmetConfigError("model.pointwise", f"unknown value {self.pointwise!r}; choose one of "
+                                                     f"{', '.join(POINTWISE_IMPLS)}")
 
     def misaligned_dims(self) -> list[str]:
         """Linear-layer dimensions that are not a multiple of 64 (slow GEMMs on tensor cores)."""
@@ -107,13 +115,23 @@ class LlamaConfig:
         return n
 
 
+def _fused(module: nn.Module) -> bool:
+    """Whether ``module`` takes the fused pointwise ops now (``model.pointwise: fused``, not while
+    torch.compile traces: Inductor fuses the reference ops itself)."""
+    return module.fused_pointwise and not torch.compiler.is_compiling()
+
+
 class RMSNorm(nn.Module):
+    fused_pointwise = False  # model.pointwise == "fused" (set by LlamaModel)
+
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _fused(self):
+            return pw.rms_norm(x, self.weight, self.eps)
         dtype = x.dtype
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -153,6 +171,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class Attention(nn.Module):
+    fused_pointwise = False
+
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         h = cfg.hidden_size
@@ -164,15 +184,21 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
-        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        shape = (B, T, self.num_heads, self.head_dim)
+        if _fused(self):  # RoPE in the projections' (B, T, H, D) layout, one kernel each
+            q = pw.rope(self.q_proj(x).view(shape), cos, sin).transpose(1, 2)
+            k = pw.rope(self.k_proj(x).view(shape), cos, sin).transpose(1, 2)
+        else:
+            q = apply_rope(self.q_proj(x).view(shape).transpose(1, 2), cos, sin)
+            k = apply_rope(self.k_proj(x).view(shape).transpose(1, 2), cos, sin)
+        v = self.v_proj(x).view(shape).transpose(1, 2)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, C))
 
 
 class MLP(nn.Module):
+    fused_pointwise = False
+
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         h, i = cfg.hidden_size, cfg.intermediate_size
@@ -181,6 +207,8 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(i, h, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _fused(self):
+            return self.down_proj(pw.swiglu(self.gate_proj(x), self.up_proj(x)))
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -223,6 +251,10 @@ class LlamaModel(nn.Module):
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
         # activation checkpointing (model.activation_checkpointing / checkpoint_every; training only)
         self.activation_checkpointing, self.checkpoint_every = cfg.checkpointing
+        if cfg.pointwise == "fused":
+            for m in self.modules():
+                if isinstance(m, (RMSNorm, Attention, MLP)):
+                    m.fused_pointwise = True
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         x = self.embed_tokens(input_ids)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from smet.errors import SmetConfigError
-from smet.sparse.config import CHECKPOINT_MODES, LOSS_IMPLS  # noqa: F401  (re-exported)
+from smet.sparse.config import CHECKPOINT_MODES, LOSS_IMPLS, POINTWISE_IMPLS  # noqa: F401  (re-exported)
 
 
 def checkpointing_of(model: Mapping) -> tuple[str, int]:

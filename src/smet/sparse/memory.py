@@ -78,7 +78,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
-from smet.sparse.config import CHECKPOINT_MODES, LOSS_IMPLS  # noqa: F401  (also smet.sparse.memory.*)
+from smet.sparse.config import CHECKPOINT_MODES, LOSS_IMPLS, POINTWISE_IMPLS  # noqa: F401  (also smet.sparse.memory.*)
 from smet.sparse.layer import SparseLinear
 from smet.sparse.optimizer import N_CODES, option_defaults, saturation_step
 from smet.sparse.quant import QBLOCK, n_scales
@@ -393,7 +393,7 @@ def _checkpoint_mode(checkpointing: bool | str | None) -> str:
     return str(checkpointing)
 
 
-def sub_block_activations(dims: Mapping[str, int], precision: str) -> dict[str, int]:
+def sub_block_activations(dims: Mapping[str, int], precision: str, pointwise: str = "reference") -> dict[str, int]:
     """Bytes per token of one decoder block, split as activation checkpointing sees it.
 
     ``attention`` / ``mlp``: what the sub-block (input norm + attention / post-attention norm + MLP)
@@ -407,8 +407,15 @@ def sub_block_activations(dims: Mapping[str, int], precision: str) -> dict[str, 
     gate's (``s i``) once gate, up, silu(gate) and the product are freed (net ``2 s h - 3 s i``,
     larger only when ``i`` is well below ``h``); attention: the attention output's gradient and dq,
     dk, dv (``4 s h``); both plus the residual-stream gradient (``s h``; 4h under ``*-mixed``). Checked on CPU with a
-    live-storage tracker (``tests/test_memory.py``). See :func:`estimate_activations`."""
+    live-storage tracker (``tests/test_memory.py``). See :func:`estimate_activations`.
+
+    ``pointwise="fused"`` (``model.pointwise``, ``smet.models.pointwise``): each RMSNorm keeps its input
+    (the residual stream itself) and the fp32 ``rstd`` instead of an fp32 copy and the normalised input
+    (4h less per norm), and SwiGLU keeps gate and up but not ``silu(gate)`` (``s i`` less)."""
     param_bytes(precision)
+    if pointwise not in POINTWISE_IMPLS:
+        raise ValueError(f"unknown pointwise {pointwise!r}; choose one of {', '.join(POINTWISE_IMPLS)}")
+    fused = pointwise == "fused"
     mixed = str(precision).endswith("-mixed")
     s = 2 if (mixed or str(precision).startswith("bf16")) else 4
     h, i, a = (int(dims[k]) for k in ("hidden_size", "intermediate_size", "num_heads"))
@@ -420,8 +427,16 @@ def sub_block_activations(dims: Mapping[str, int], precision: str) -> dict[str, 
         attn = 4 * h + 4 + s * (2 * h + 4 * h) + 4 * a
         mlp = 4 * h + 4 + s * (2 * h + 4 * i)
         x = s * h
-    return {"attention": attn, "mlp": mlp, "input": x, "alias": x if x == 4 * h else 0,
-            "mlp_backward": max(2 * s * i, 2 * s * h - 3 * s * i) + x, "attention_backward": 4 * s * h + x}
+    alias = x if x == 4 * h else 0
+    if fused:  # norms: input (= x, the residual tensor) + rstd, no fp32 copy / normalised input; no silu(gate)
+        attn -= 4 * h
+        mlp -= 4 * h + s * i
+        alias = x
+    # SwiGLU's backward: the product's gradient and gate's / up's (3 s i; the fused op keeps gate and up
+    # until it returns, and under *-mixed the norm's fp32 output, 4h, is still alive)
+    mlp_bwd = (3 * s * i + (4 * h if mixed else 0)) if fused else 2 * s * i
+    return {"attention": attn, "mlp": mlp, "input": x, "alias": alias,
+            "mlp_backward": max(mlp_bwd, 2 * s * h - 3 * s * i) + x, "attention_backward": 4 * s * h + x}
 
 
 def loss_activations(hidden_size: int, vocab: int, tokens: int, precision: str, loss_impl: str = "exact",
@@ -484,7 +499,7 @@ def loss_activations(hidden_size: int, vocab: int, tokens: int, precision: str, 
 def estimate_activations(dims: Mapping[str, int], batch: int, seq_len: int, precision: str,
                          checkpointing: bool | str, vocab: int, *, sparse_materialize: str | None = None,
                          checkpoint_every: int = 1, loss_impl: str = "exact",
-                         loss_chunk_tokens: int = 4096) -> dict[str, int]:
+                         loss_chunk_tokens: int = 4096, pointwise: str = "reference") -> dict[str, int]:
     """ESTIMATE (not a measurement) of the activation memory at the peak of one training step, bytes.
 
     ``dims``: the decoder's ``hidden_size``, ``intermediate_size``, ``num_heads``, ``num_layers``
@@ -492,6 +507,9 @@ def estimate_activations(dims: Mapping[str, int], batch: int, seq_len: int, prec
     ``"attention"`` (``model.activation_checkpointing``; a bool: ``True`` = ``"block"``), applied to
     blocks ``0, k, 2k, ...`` (``checkpoint_every`` = k). ``loss_impl`` / ``loss_chunk_tokens``: the
     model's ``model.loss_impl`` / ``model.loss_chunk_tokens`` (see :func:`loss_activations`).
+    ``pointwise``: ``model.pointwise`` (``fused``: 4h less per RMSNorm and ``s i`` less per MLP, see
+    :func:`sub_block_activations`; the final norm's backward adds ``2 s h`` instead of ``24 h``). The
+    formulas below are the ``reference`` ones.
 
     Per token, with ``s`` = activation bytes (2 under ``bf16-true``, 4 under ``32``), hidden
     ``h``, intermediate ``i``, heads ``a``, layers ``L``, vocabulary ``V``:
@@ -564,7 +582,8 @@ def estimate_activations(dims: Mapping[str, int], batch: int, seq_len: int, prec
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     mixed = str(precision).endswith("-mixed")
     s = 2 if (mixed or str(precision).startswith("bf16")) else 4
-    sub = sub_block_activations(dims, precision)
+    sub = sub_block_activations(dims, precision, pointwise)
+    fused = pointwise == "fused"
     h, i, L = (int(dims[k]) for k in ("hidden_size", "intermediate_size", "num_layers"))
     V = int(vocab)
     tokens = int(batch) * int(seq_len)
@@ -581,6 +600,8 @@ def estimate_activations(dims: Mapping[str, int], batch: int, seq_len: int, prec
     mlp_stage = rec_mlp + sub["mlp_backward"]
     attn_stage = rec_attn + sub["attention_backward"] - mlp_in_layers
     outside = 20 + 10 * h if mixed else 20 + 4 * h + 2 * s * h
+    if fused:  # the final norm keeps its input (the residual tensor) + rstd: no fp32 copy / normalised input
+        outside -= 4 * h
     chunked = str(loss_impl) == "chunked"
     if mixed and chunked:  # the fp32 final-norm output is alive, not the head's 2-byte cast of it
         outside += 2 * h
@@ -601,7 +622,7 @@ def estimate_activations(dims: Mapping[str, int], batch: int, seq_len: int, prec
     out["autocast_copies"] = autocast
     out["loss_peak"] = out["layers"] + out["outside_layers"] + out["logits"]
     out["backward_peak"] = max(tokens * (before + max(mlp_stage, attn_stage)) + out["transient_workspace"],
-                               out["layers"] + tokens * 24 * h)  # the final norm's backward
+                               out["layers"] + tokens * (2 * s * h if fused else 24 * h))  # final norm bwd
     out["total"] = autocast + max(out["loss_peak"], out["backward_peak"])
     out["per_token_per_layer"] = per_layer
     out["per_token_per_checkpointed_layer"] = kept if n_ckpt else per_layer
