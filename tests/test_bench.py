@@ -59,6 +59,12 @@ def test_bench_records(bench_run):
     # topology updates happened (interval 2) and were timed separately
     assert smet["n_update_steps"] >= 1 and smet["update_step_time_s"] > 0
     assert dense["update_step_time_s"] is None
+    # the drop fraction each timed update used: the cosine 0.2 -> 0.005 over the bench's short horizon
+    # (1 + 4 + 2 steps), updates at steps 2 and 4 (sparsity.update_stop=<run length> times the early value)
+    from smet.sparse.schedules import DropSchedule
+
+    drop = DropSchedule("cosine", 0.2, 0.005, 0, 7)
+    assert smet["update_drop_fraction"] == pytest.approx([drop(4), drop(2)]) and dense["update_drop_fraction"] is None
     assert smet["config"]["sparsity"]["method"] == "smet" and smet["config"]["optimizer"]["reset_local_step"] is True
     # the composed sections and the point's overrides travel with the record
     assert smet["config"]["overrides"] == ["sparsity=smet", "model=tiny", "sparsity.density=0.5", "data.batch_size=2",
@@ -98,7 +104,8 @@ def test_from_json_reamortizes_measured_times(bench_run, tmp_path):
                                          (["sparsity.density=0"], "sparsity.density: must be in (0, 1]"),
                                          (["sparsity=dense,nope"], "sparsity: no preset 'nope'"),
                                          (["sparsity.densty=0.5"], "sparsity.densty: unknown key"),
-                                         (["--steps", "0"], "--steps: must be a positive integer")])
+                                         (["--steps", "0"], "--steps: must be a positive integer"),
+                                         (["--memory-cap", "20"], "--memory-cap: caps GPU memory: needs --device cuda")])
 def test_bench_bad_input_exit_2(tmp_path, argv, names):
     r = subprocess.run(_cli("smet-bench") + argv + ["--out", str(tmp_path / "x.json")],
                        capture_output=True, text=True, timeout=60)

@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="start no new run (or round) after this many seconds; runs left without a measured step "
                         "are recorded as skipped (default: no limit)")
+    p.add_argument("--memory-cap", type=float, default=None, metavar="GIB",
+                   help="cap the memory this process may allocate on the GPU at GIB GiB "
+                        "(torch.cuda.set_per_process_memory_fraction), as on a smaller card: a run that needs more "
+                        "is recorded as OOM and the next one goes on (cuda only)")
     p.add_argument("--amortize-interval", type=int, default=None, metavar="N",
                    help="spread the measured extra cost of an update step over N steps for the amortised tok/s "
                         "(default: sparsity.update_interval). Update steps are timed every sparsity.update_interval "
@@ -178,6 +182,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if args.device == "cuda" and not torch.cuda.is_available():
             raise SmetConfigError("--device", "cuda requested but torch.cuda.is_available() is False")
+        if args.memory_cap is not None:
+            if args.device != "cuda":
+                raise SmetConfigError("--memory-cap", "caps GPU memory: needs --device cuda")
+            total = torch.cuda.get_device_properties(0).total_memory
+            if not 0 < args.memory_cap * 2**30 <= total:
+                raise SmetConfigError("--memory-cap", f"must be in (0, {total / 2**30:.1f}] GiB (this GPU), "
+                                                      f"got {args.memory_cap}")
     except SmetConfigError as err:
         return die(PROG, err)
     return execute(args, runs)
@@ -196,13 +207,20 @@ def execute(args: argparse.Namespace, runs: list) -> int:
           f"{args.steps} timed steps in {args.rounds} interleaved rounds (+{args.warmup_steps} warm-up per round), "
           f"update interval {', '.join(dict.fromkeys(str(r.update_interval) for r in runs if not r.is_dense)) or '-'}"
           f"; {len(runs)} runs: {', '.join(r.label for r in runs)}", file=sys.stderr, flush=True)
+    cap = None
+    if args.memory_cap is not None:
+        cap = int(args.memory_cap * 2**30)
+        torch.cuda.set_per_process_memory_fraction(cap / torch.cuda.get_device_properties(0).total_memory, 0)
+        print(f"[smet-bench] memory cap {args.memory_cap:g} GiB ({cap} bytes) for this process", file=sys.stderr,
+              flush=True)
     load0, t0 = os.getloadavg(), time.perf_counter()
     records = run_bench(runs, args)
     wall, load1 = time.perf_counter() - t0, os.getloadavg()
     dev_name = torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor() or platform.machine()
     for r, run in zip(records, runs):
         r["config"].update({"loadavg_1m_start_end": [load0[0], load1[0]], "device_name": dev_name,
-                            "model_preset": run.model.get("name"), "bench_wall_s": round(wall, 1)})
+                            "model_preset": run.model.get("name"), "bench_wall_s": round(wall, 1),
+                            "memory_cap_bytes": cap})
     header = live_header(records, args, device_name=dev_name, threads=torch.get_num_threads(),
                          load=(load0[0], load1[0]), wall=wall)
     if args.out is not None:

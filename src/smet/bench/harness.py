@@ -53,6 +53,7 @@ class Run:
         self.autocast = training.autocast(self.device.type)
         self.step = 0
         self.last_loss = float("nan")
+        self.last_update_drop: float | None = None  # the drop fraction of the last topology update
 
     def train_step(self, x, y, measure: bool = False) -> tuple[bool, dict | None]:
         """One optimizer step. Returns (was a topology update step, static breakdown if measured)."""
@@ -61,6 +62,8 @@ class Run:
         self.step += 1
         s, ctrl = self.step, self.ctrl
         update = ctrl is not None and ctrl.is_update_step(s)
+        if update:
+            self.last_update_drop = float(ctrl.drop(s))
         stat: dict[str, Any] = {}
 
         def measure_static() -> None:  # after optimizer.step(), before zero_grad: grads still alive

@@ -112,6 +112,9 @@ def record(run: BenchRun, o: dict, args, peak_flops: float | None = None, runs: 
         "amortize_interval": every,
         "step_time_s": step_t,
         "update_step_time_s": upd_t,
+        # drop fraction of the timed topology updates (the cost of an update grows with it: pass
+        # sparsity.update_stop=<a run's length> to time the early-run value ~0.2 in a short benchmark)
+        "update_drop_fraction": sorted(set(o.get("update_drop") or [])) or None,
         "n_timed_steps": len(times), "n_update_steps": len(upd),
         "optimizer_steps": o["optimizer_steps"], "topology_updates": o["topology_updates"],
         "round_median_step_time_s": o["round_medians"],

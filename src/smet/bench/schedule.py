@@ -22,7 +22,8 @@ from smet.bench.oom import free_memory, guarded
 
 
 def new_result() -> dict[str, Any]:
-    return {"times": {}, "update_times": [], "round_medians": [], "static": None, "peak": None, "peak_reserved": None,
+    return {"times": {}, "update_times": [], "update_drop": [], "round_medians": [], "static": None, "peak": None,
+            "peak_reserved": None,
             "loss": None, "active": None, "oom": None, "skipped": False, "build_time_s": None,
             "n_flop_params": None, "optimizer_steps": 0, "topology_updates": 0}
 
@@ -148,6 +149,7 @@ def _step_mode(runs, args, res, data, device, run_cls, fail, log) -> None:
                 continue
             if update:
                 res[ci]["update_times"].append(dt)
+                res[ci]["update_drop"].append(alive[ci].last_update_drop)
             else:
                 res[ci]["times"][i] = dt
         if (i + 1) % 10 == 0 or i + 1 == args.warmup_steps + args.steps:
@@ -213,6 +215,7 @@ def _round_mode(runs, args, res, data, device, run_cls, fail, over_budget, log) 
                     continue
                 if update:
                     out["update_times"].append(dt)
+                    out["update_drop"].append(run.last_update_drop)
                 else:
                     out["times"][(r, i)] = dt
                     t_round.append(dt)
