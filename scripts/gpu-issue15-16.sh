@@ -67,6 +67,7 @@ from pathlib import Path
 out = Path(sys.argv[1])
 sys.path.insert(0, sys.argv[2])
 from bench_parts import gib, load_parts  # noqa: E402
+from smet.bench.records import amortised  # noqa: E402
 
 print("| part | model | method | d | materialize | fused bwd | moments | tokens/s | amortised ΔT=100 | vs dense | "
       "update step ms (drop) | MFU dense | peak GiB | static GiB | B/act w (sparse layers) | final loss | cap GiB |")
@@ -84,12 +85,7 @@ for part, recs in parts.items():
         b = base.get(m["name"])
         tps = r["tokens_per_s"]
         # amortised over an update every 100 steps, from the measured steady and update step times
-        am = None
-        if tps and r.get("update_step_time_s"):
-            st, ut = r["step_time_s"], r["update_step_time_s"]
-            am = tps * st / (st + max(ut - st, 0.0) / 100)
-        elif tps:
-            am = tps
+        am = amortised(tps * r["step_time_s"], r["step_time_s"], r.get("update_step_time_s"), 100) if tps else None
         if r["oom"] or r["skipped"] or not tps:
             speed = ("OOM" if r["oom"] else "skipped") + " | - | - | - | -"
         else:
