@@ -69,7 +69,7 @@ def test_survival_metric_counts_the_regrown_blocks_by_hand():
     layer = ctrl.layers[0]
     first = ctrl.after_step(10)
     assert first is not None and "sparsity/regrown_survival" not in first  # nothing regrown before update 1
-    regrown = ctrl._regrown_slots[0].clone()
+    regrown = ctrl.regrown_slots(0)
     with torch.no_grad():  # give the regrown blocks values: half large (survive), half tiny (pruned)
         v = layer.values.view(layer.capacity, -1)
         v[: layer.n_live] = torch.randn(layer.n_live, v.shape[1]).abs() + 1.0
@@ -83,7 +83,30 @@ def test_survival_metric_counts_the_regrown_blocks_by_hand():
     assert info["sparsity/regrown_survival"] == pytest.approx(survived / len(regrown))
     assert info["sparsity/regrown_score_ratio"] > 1.0
     state = ctrl.state_dict()  # the slots regrown now travel with checkpoints
-    assert torch.equal(state["regrown_slots"][0], ctrl._regrown_slots[0].cpu())
+    assert torch.equal(state["regrown_mask"][0], ctrl._regrown[0].cpu())
+    now = ctrl.regrown_slots(0)
+    assert now.numel() == info["sparsity/regrown"]
+    other = torch.nn.Sequential()
+    other.add_module("q_proj", torch.nn.Linear(32, 16, bias=False))
+    fresh = sparsify_model(other, cfg, total_steps=100, seed=0)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.regrown_slots(0), now)
+    legacy = {k: v for k, v in state.items() if k != "regrown_mask"}  # checkpoints before the bit masks
+    legacy["regrown_slots"] = {0: now[torch.randperm(now.numel())]}
+    fresh.load_state_dict(legacy)
+    assert torch.equal(fresh.regrown_slots(0), now)
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 1000])
+def test_pack_slots_round_trips(n):
+    from smet.sparse.topology import pack_slots, unpack_slots
+
+    g = torch.Generator().manual_seed(n)
+    slots = torch.randperm(n, generator=g)[: max(1, n // 3)]
+    packed = pack_slots(slots, n)
+    assert packed.dtype == torch.uint8 and packed.numel() == -(-n // 8)
+    mask = unpack_slots(packed, n)
+    assert mask.shape == (n,) and torch.equal(mask.nonzero().squeeze(1), slots.sort().values)
 
 
 @pytest.mark.slow

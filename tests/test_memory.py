@@ -23,7 +23,7 @@ from smet.compose import compose, compose_points
 from smet.models.llama import LlamaConfig, LlamaForCausalLM, model_shapes
 from smet.sparse import attach_sparsity
 from smet.sparse.memory import (CATEGORIES, active_weight_count, bytes_per_active_weight, estimate_activations,
-                                measure_static, predict_static)
+                                estimate_update_memory, measure_static, predict_static)
 
 MODEL = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, max_seq_len=32)
 VOCAB, SEQ = 256, 32
@@ -114,6 +114,28 @@ def test_measured_equals_predicted_bf16_mixed_persistent_and_gradual_capacity():
     model, opt, ctrl, scfg, ocfg = _train("smet", "32", steps=3, density_schedule=sched)
     assert any(layer.n_live < layer.capacity for layer in ctrl.layers)
     assert measure_static(model, opt, ctrl) == predict_static(SHAPES, scfg, ocfg, "32", total_steps=100)
+
+
+@pytest.mark.parametrize("method", ["dense", "static", "set", "smet"])
+def test_update_memory_estimate_counts_the_controllers_regrown_masks(method):
+    """After updates, the controller's persistent update state is the regrown-slot bit masks the
+    estimate predicts (1 bit per slot of every layer), and the optimizer's measurement of the next
+    step holds the same tensors (no copy); dense and a static mask have none."""
+    model, opt, ctrl, scfg, _ = _train(method, "32", steps=3)
+    est = estimate_update_memory(SHAPES, scfg)
+    if method in ("dense", "static"):
+        assert est == {"regrown_masks": 0, "layer_update": 0, "measure_step": 0}
+        assert ctrl is None or not ctrl._regrown
+        return
+    held = sum(t.numel() * t.element_size() for t in ctrl._regrown.values())
+    assert held == est["regrown_masks"] == sum(-(-layer.capacity // 8) for layer in ctrl.layers)
+    assert all(t.dtype == torch.uint8 for t in ctrl._regrown.values())
+    if method == "smet":  # the last update's masks, measured at the next step: the very same storages
+        ctrl.after_step(3)  # (update_interval 1: an update now)
+        ids = {t.data_ptr() for t in ctrl._regrown.values()}
+        assert {t.data_ptr() for t in opt._measure.values()} <= ids and opt._measure
+    biggest = max(ctrl.layers, key=lambda layer: layer.n_blocks_total)
+    assert est["layer_update"] >= 4 * biggest.n_blocks_total + 12 * biggest.capacity
 
 
 def test_measure_counts_each_storage_once_and_sees_missing_grads():

@@ -34,7 +34,9 @@ def _total(row, batch, ckpt, every=1):
                                sparse_materialize=row["materialize"], checkpoint_every=every,
                                loss_impl=row["loss_impl"], loss_chunk_tokens=row["loss_chunk_tokens"],
                                pointwise=row["pointwise"])
-    return row["static_bytes"]["total"] + act["total"]
+    upd = row["update_estimate_bytes"]  # topology updates: masks, the next step's measurement, one layer's update
+    return row["static_bytes"]["total"] + upd["regrown_masks"] + max(act["total"] + upd["measure_step"],
+                                                                     upd["layer_update"])
 
 
 # ----------------------------------------------------------------------------- fits / max batch
@@ -308,7 +310,10 @@ def test_selective_checkpointing_and_loss_keys_compose_into_the_estimate(capsys)
                                    checkpoint_every=r["checkpoint_every"], loss_impl="chunked",
                                    loss_chunk_tokens=2048, pointwise=r["pointwise"])
         assert r["activations_estimate_bytes"] == act
-        assert r["peak_estimate_bytes"] == r["static_bytes"]["total"] + act["total"]
+        upd = r["update_estimate_bytes"]
+        assert (upd["regrown_masks"] > 0) == (r["method"] == "smet")
+        assert r["peak_estimate_bytes"] == r["static_bytes"]["total"] + upd["regrown_masks"] + max(
+            act["total"] + upd["measure_step"], upd["layer_update"])
     assert rows[2]["activations_estimate_bytes"]["total"] < rows[0]["activations_estimate_bytes"]["total"]
     assert cli.main(["model=350m", "model.activation_checkpointing=mlp", "model.checkpoint_every=2"]) == 0
     out = " ".join(capsys.readouterr().out.split())  # (the title wraps)

@@ -258,8 +258,10 @@ def resolve_gpu(args) -> dict[str, Any] | None:
 def max_batch_that_fits(static_total: int, budget: int, model_cfg: dict, seq_len: int, precision: str,
                         checkpointing: bool | str, vocab: int, sparse_materialize: str | None, cap: int = 1 << 20,
                         *, checkpoint_every: int = 1, loss_impl: str = "exact", loss_chunk_tokens: int = 4096,
-                        pointwise: str = "reference") -> int:
-    """Largest micro-batch ``b`` with ``static + activations(b) <= budget`` (0: not even b = 1).
+                        pointwise: str = "reference", step_extra: int = 0, floor: int = 0) -> int:
+    """Largest micro-batch ``b`` with ``static + max(activations(b) + step_extra, floor) <= budget``
+    (0: not even b = 1); ``step_extra`` / ``floor``: what topology updates add inside the step / need
+    after it (:func:`smet.sparse.memory.estimate_update_memory`, masks counted in ``static_total``).
 
     Uses :func:`smet.sparse.memory.estimate_activations` (non-decreasing in ``b``): doubling, then
     bisection. Capped at ``cap``.
@@ -270,7 +272,7 @@ def max_batch_that_fits(static_total: int, budget: int, model_cfg: dict, seq_len
         act = estimate_activations(model_cfg, b, seq_len, precision, checkpointing, vocab,
                                    sparse_materialize=sparse_materialize, checkpoint_every=checkpoint_every,
                                    loss_impl=loss_impl, loss_chunk_tokens=loss_chunk_tokens, pointwise=pointwise)
-        return static_total + act["total"] <= budget
+        return static_total + max(act["total"] + step_extra, floor) <= budget
 
     if not fits(1):
         return 0
@@ -303,7 +305,8 @@ def point_row(p: dict, scfg: dict, ocfg: dict, *, dense_total: int | None, gpu: 
               extra: str = "") -> dict[str, Any]:
     """One row: static prediction, active weights, bytes per active weight, activation estimate, fit."""
     from smet.models.llama import model_shapes
-    from smet.sparse.memory import active_weight_count, bytes_per_active_weight, estimate_activations, predict_static
+    from smet.sparse.memory import (active_weight_count, bytes_per_active_weight, estimate_activations,
+                                    estimate_update_memory, predict_static)
 
     method = str(scfg.get("method", "dense"))
     dense = method == "dense"
@@ -318,6 +321,10 @@ def point_row(p: dict, scfg: dict, ocfg: dict, *, dense_total: int | None, gpu: 
     act = estimate_activations(p["model_cfg"], p["batch"], seq_len, precision, p["ckpt"], vocab,
                                sparse_materialize=smat, checkpoint_every=p["ckpt_every"], **loss)
     total = pred["all"]["total"]
+    upd = estimate_update_memory(shapes, None if dense else scfg)
+    # topology updates: the regrown-slot masks stay; the one-layer update workspace comes after the
+    # step (activations freed), the next step's measurement inside it
+    peak = total + upd["regrown_masks"] + max(act["total"] + upd["measure_step"], upd["layer_update"])
     row = {
         "model": p["name"], "method": method, "variant": None if dense else scfg.get("variant"),
         "density": 1.0 if dense else float(scfg["density"]), "materialize": smat,
@@ -331,7 +338,8 @@ def point_row(p: dict, scfg: dict, ocfg: dict, *, dense_total: int | None, gpu: 
         "bytes_per_active_weight_formula": bytes_per_active_weight(scfg, ocfg, precision, total_steps),
         "ratio_vs_dense": total / (total if dense_total is None else dense_total),
         "activations_estimate_bytes": act,
-        "peak_estimate_bytes": total + act["total"],
+        "update_estimate_bytes": upd,
+        "peak_estimate_bytes": peak,
         "sparsity_cfg": scfg, "optimizer_cfg": ocfg,
         "overrides": p["tokens"] if not dense else  # the baseline: this point's model / data / trainer
         [t for t in p["tokens"] if not _override_key(t).startswith(("sparsity", "optimizer"))] + ["sparsity=dense"],
@@ -345,7 +353,8 @@ def point_row(p: dict, scfg: dict, ocfg: dict, *, dense_total: int | None, gpu: 
         row["fits"] = row["peak_estimate_bytes"] <= budget
         row["headroom_bytes"] = budget - row["peak_estimate_bytes"]
         row["max_batch"] = {  # without / with whole-block checkpointing of every block
-            key: max_batch_that_fits(total, budget, p["model_cfg"], seq_len, precision, ckpt, vocab, smat, **loss)
+            key: max_batch_that_fits(total + upd["regrown_masks"], budget, p["model_cfg"], seq_len, precision, ckpt,
+                                     vocab, smat, step_extra=upd["measure_step"], floor=upd["layer_update"], **loss)
             for key, ckpt in (("no_checkpointing", "none"), ("checkpointing", "block"))}
     return row
 

@@ -336,6 +336,42 @@ def predict_static(shapes: ModelShapes, sparsity_cfg: Mapping[str, Any] | None,
     return {"all": allb, "sparse": sp}
 
 
+def estimate_update_memory(shapes: ModelShapes, sparsity_cfg: Mapping[str, Any] | None) -> dict[str, int]:
+    """ESTIMATE of what topology updates add to the memory of training, bytes (all 0 for dense and
+    for a static mask under a constant density):
+
+    * ``regrown_masks``: the bit masks of the slots regrown at the last update
+      (``SparseController._regrown``, shared with the optimizer's next-step measurement):
+      ``ceil(capacity / 8)`` per layer, alive from the first update on;
+    * ``layer_update``: the largest one-layer update workspace (layers update one at a time, after
+      the optimizer step, with gradients and activations freed): the live ids as int64 (8 B per live
+      block), the fp32 prune scores (4), top-k outputs (12 per pruned and per grown block), the fp32
+      random growth score over every block of the layer (4 per block), and the uint8 scratch of
+      :func:`~smet.sparse.topology.pack_slots` (1 per slot);
+    * ``measure_step``: at the step after an update, inside the optimizer step of the largest layer,
+      its fp32 values before the step and their change (2 x 4 B per slot element) plus the bool mask.
+
+    Not counted: the allocator's rounding and whatever top-k keeps internally."""
+    scfg = dict(sparsity_cfg or {"method": "dense"})
+    zero = {"regrown_masks": 0, "layer_update": 0, "measure_step": 0}
+    if scfg.get("method", "dense") == "dense":
+        return zero
+    cfg = SparsityConfig.from_mapping(scfg)
+    constant = str((cfg.density_schedule or {}).get("kind", "constant")) == "constant"
+    if cfg.growth == "none" and constant:
+        return zero
+    plan = layer_plan([(o, i) for _, o, i in _targets(shapes, scfg)], cfg)
+    p0 = max(float(cfg.drop_fraction), float(cfg.drop_fraction_end))
+    masks = layer = measure = 0
+    for lp in plan:
+        cap, blocks, b = lp["capacity"], lp["blocks"], lp["block_size"]
+        n_drop = int(round(p0 * cap)) + (cap - lp["final"])
+        masks += -(-cap // 8)
+        layer = max(layer, 12 * cap + 12 * n_drop + (4 * blocks + 12 * n_drop) + cap + -(-cap // 8))
+        measure = max(measure, 8 * cap * b + cap)
+    return {"regrown_masks": masks, "layer_update": layer, "measure_step": measure}
+
+
 def active_weight_count(shapes: ModelShapes, sparsity_cfg: Mapping[str, Any] | None) -> int:
     """Active weights in the sparse layers (all weights of the target linears for a dense model)."""
     scfg = dict(sparsity_cfg or {"method": "dense"})

@@ -44,6 +44,7 @@ import torch
 from torch.optim.adamw import adamw as _functional_adamw
 
 from smet.sparse import kernels, quant
+from smet.sparse.topology import unpack_slots
 from smet.sparse.config import LOCAL_STEP_STORAGES, MOMENT_STORAGES
 from smet.sparse.config import lr_scale  # noqa: F401  (re-exported: smet.sparse.optimizer.lr_scale)
 
@@ -489,8 +490,11 @@ class SMETOptimizer(torch.optim.Optimizer):
             delta = (p.detach().view(-1, b).float() - old).abs().mean(1) / group["lr"]
             slots = self._measure[p]
             live = layer.n_live if layer is not None else delta.shape[0]
-            is_regrown = torch.zeros(delta.shape[0], dtype=torch.bool, device=delta.device)
-            is_regrown[slots] = True
+            if slots.dtype == torch.uint8:  # the controller's pack_slots bit mask
+                is_regrown = unpack_slots(slots, delta.shape[0])
+            else:
+                is_regrown = torch.zeros(delta.shape[0], dtype=torch.bool, device=delta.device)
+                is_regrown[slots] = True
             is_regrown = is_regrown[:live]
             d = delta[:live]
             if is_regrown.any():

@@ -103,7 +103,9 @@ class SlotStateObserver(Protocol):
         to ``n_live`` are newly grown (zero state), the rest are free (zero)."""
 
     def measure_next_step(self, p: torch.nn.Parameter, regrown_slots: torch.Tensor) -> None:
-        """Record update magnitudes of the regrown vs the mature slots at the next optimizer step."""
+        """Record update magnitudes of the regrown vs the mature slots at the next optimizer step.
+        ``regrown_slots``: the slot ids (int64), or a :func:`pack_slots` bit mask (uint8) over the
+        layer's slots, which the controller passes (1 bit per slot instead of 8 bytes per regrown one)."""
 
 
 class SparseController:
@@ -135,8 +137,10 @@ class SparseController:
             kind=ds.get("kind", "constant"), final=float(cfg.density), initial=float(ds.get("initial", 1.0)),
             start=int(ds.get("start") or 0), end=int(ds.get("end") or self.stop), power=float(ds.get("power", 3.0)))
         self._pending_growth = False
-        # slots regrown at the last update, per layer (survival at the next one: survival_metrics)
-        self._regrown_slots: dict[int, torch.Tensor] = {}
+        # slots regrown at the last update, per layer, as a pack_slots bit mask over the layer's
+        # capacity (1 bit per slot: int64 ids cost 16 B per regrown block with the optimizer's copy,
+        # 5 GiB at 7B); survival at the next update: survival_metrics
+        self._regrown: dict[int, torch.Tensor] = {}
         self._survival: list[tuple[torch.Tensor, ...]] = []
 
     # ------------------------------------------------------------------ wiring
@@ -259,7 +263,7 @@ class SparseController:
         live_blocks = layer.idx[: layer.n_live].long()
         score = block_scores(layer) if n_prune else None
         pruned = select_prune(layer, n_prune, score)
-        prev = self._regrown_slots.pop(li, None)
+        prev = self._regrown.pop(li, None)
         if prev is not None and n_prune:
             self._survival.append(regrown_survival(score, prev, pruned))
         candidates = layer.growth_candidates if self.cfg.growth == "gradient" else None
@@ -268,9 +272,11 @@ class SparseController:
         layer.growth_candidates = None
         pruned_blocks = live_blocks[pruned] if n_prune else None
         slots, keep_slots = rewrite_slots(layer, pruned, new_blocks, k_new)
+        del live_blocks, new_blocks, score
+        regrown = pack_slots(slots, layer.capacity) if n_grow else None
         if keep_slots is None and n_grow:  # constant count: a regrown block keeps its slot until pruned
-            self._regrown_slots[li] = slots.clone()
-        notify_optimizer(self._optimizer, layer, slots, keep_slots, measure=bool(n_grow))
+            self._regrown[li] = regrown
+        notify_optimizer(self._optimizer, layer, slots, keep_slots, measure=regrown)
         if pruned_blocks is not None:  # the persistent dense copy: pruned positions back to 0
             layer.zero_dense_blocks(pruned_blocks)
         return int(n_grow)
@@ -281,14 +287,25 @@ class SparseController:
         sdist.check_masks_identical(self.named_layers, when)
 
     # ----------------------------------------------------------- persistence
+    def regrown_slots(self, li: int) -> torch.Tensor | None:
+        """Slots (int64, ascending) of layer ``li`` regrown at the last update (None: none recorded)."""
+        packed = self._regrown.get(li)
+        if packed is None:
+            return None
+        return unpack_slots(packed, self.layers[li].capacity).nonzero().squeeze(1)
+
     def state_dict(self) -> dict:
         return {"update_count": self.update_count, "n_live": [layer.n_live for layer in self.layers],
-                "regrown_slots": {int(li): t.cpu() for li, t in self._regrown_slots.items()}}
+                "regrown_mask": {int(li): t.cpu() for li, t in self._regrown.items()}}
 
     def load_state_dict(self, state: Mapping) -> None:
         self.update_count = int(state["update_count"])
-        self._regrown_slots = {int(li): t.to(self.layers[int(li)].idx.device)
-                               for li, t in (state.get("regrown_slots") or {}).items()}
+        self._regrown = {}
+        for li, t in (state.get("regrown_mask") or {}).items():
+            self._regrown[int(li)] = t.to(self.layers[int(li)].idx.device)
+        for li, t in (state.get("regrown_slots") or {}).items():  # checkpoints before the bit masks: slot ids
+            layer = self.layers[int(li)]
+            self._regrown[int(li)] = pack_slots(t.to(layer.idx.device).long(), layer.capacity)
         for layer, n in zip(self.layers, state["n_live"]):
             layer.n_live = int(n)
             layer.refresh_dense()
@@ -368,18 +385,47 @@ def rewrite_slots(layer: SparseLinear, pruned: torch.Tensor, new_blocks: torch.T
     return torch.arange(n_keep, n_live, device=layer.idx.device), keep_slots
 
 
+_BIT_WEIGHTS: dict[torch.device, torch.Tensor] = {}
+
+
+def _bits(device: torch.device) -> torch.Tensor:
+    w = _BIT_WEIGHTS.get(device)
+    if w is None:
+        w = _BIT_WEIGHTS[device] = torch.tensor([1 << k for k in range(8)], dtype=torch.uint8, device=device)
+    return w
+
+
+def pack_slots(slots: torch.Tensor, n: int) -> torch.Tensor:
+    """A bit mask (uint8, ``ceil(n / 8)`` bytes; bit ``k`` of byte ``j`` = slot ``8 j + k``) of the slot
+    ids ``slots`` among ``n`` slots: how the controller keeps the slots regrown at an update."""
+    m = torch.zeros(-(-n // 8) * 8, dtype=torch.uint8, device=slots.device)
+    m[slots] = 1
+    return (m.view(-1, 8) * _bits(slots.device)).sum(1, dtype=torch.uint8)
+
+
+def unpack_slots(packed: torch.Tensor, n: int) -> torch.Tensor:
+    """The bool mask (``n``,) of a :func:`pack_slots` bit mask."""
+    return packed.unsqueeze(1).bitwise_and(_bits(packed.device)).ne(0).view(-1)[:n]
+
+
 def regrown_survival(score: torch.Tensor, prev: torch.Tensor, pruned: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """At an update that prunes ``pruned`` (slots) by ``score`` (:func:`block_scores`), how the blocks
     regrown into ``prev`` at the previous update fared: (blocks in prev, of them not pruned now, median
     sum|w| of prev / prune threshold, median sum|w| of the other live blocks / threshold) as 0-d tensors
-    on the layer's device (no sync). The threshold is the largest score among the pruned blocks."""
+    on the layer's device (no sync). The threshold is the largest score among the pruned blocks.
+    ``prev``: slot ids (int64) or a :func:`pack_slots` bit mask (uint8) over at least the live slots."""
+    n = score.numel()
     thr = score[pruned].max().clamp_min(torch.finfo(torch.float32).tiny)
-    is_prev = torch.zeros(score.numel(), dtype=torch.bool, device=score.device)
-    is_prev[prev] = True
-    survived = (~torch.isin(prev, pruned)).sum()
+    if prev.dtype == torch.uint8:
+        is_prev = unpack_slots(prev, n)
+    else:
+        is_prev = torch.zeros(n, dtype=torch.bool, device=score.device)
+        is_prev[prev] = True
+    kept = is_prev.clone()
+    kept[pruned] = False
     mature = score[~is_prev]
     mature_ratio = mature.median() / thr if mature.numel() else torch.full_like(thr, float("nan"))
-    return (torch.tensor(prev.numel(), device=score.device), survived, score[prev].median() / thr, mature_ratio)
+    return (is_prev.sum(), kept.sum(), score[is_prev].median() / thr, mature_ratio)
 
 
 def survival_metrics(per_layer: list[tuple[torch.Tensor, ...]]) -> dict[str, float]:
@@ -396,16 +442,19 @@ def survival_metrics(per_layer: list[tuple[torch.Tensor, ...]]) -> dict[str, flo
 
 
 def notify_optimizer(optimizer: SlotStateObserver | None, layer: SparseLinear, slots: torch.Tensor,
-                     keep_slots: torch.Tensor | None, *, measure: bool) -> None:
+                     keep_slots: torch.Tensor | None, *, measure: bool | torch.Tensor) -> None:
     """Tell the optimizer what :func:`rewrite_slots` did: ``reset_slots`` (in place) or
-    ``compact_slots`` (density change), then ``measure_next_step`` of the new slots if ``measure``."""
+    ``compact_slots`` (density change), then ``measure_next_step`` of the new slots if ``measure``
+    (True: the slot ids; a :func:`pack_slots` mask of them: that mask; False / None: no measurement)."""
     if optimizer is None:
         return
     if keep_slots is None:
         optimizer.reset_slots(layer.values, slots)
     else:
         optimizer.compact_slots(layer.values, keep_slots, layer.n_live)
-    if measure:
+    if isinstance(measure, torch.Tensor):
+        optimizer.measure_next_step(layer.values, measure)
+    elif measure:
         optimizer.measure_next_step(layer.values, slots)
 
 
