@@ -17,7 +17,8 @@
 # everything (copy only the tarball and summary.md back: the device tool returns few files).
 # Usage: scripts/gpu-issue15-16.sh OUT_DIR [python=python3]
 # Environment: BUDGET (seconds, default 480), DEVICE (cuda), PARTS (all), VOCAB (32000), BATCH (128), SEQ (256),
-#   SMALL ("130m 350m"), CAPS ("7b:24 13b:40"), CAP_BATCH (8), CAP_STEPS (50), STEPS (12), PRECISION (bf16-true).
+#   SMALL ("130m 350m"; empty: none), LEAN (1; 0 skips the l parts), CAPS ("7b:24 13b:40"), CAP_BATCH (8),
+#   CAP_STEPS (50), STEPS (12), PRECISION (bf16-true).
 # CPU check of the script logic (no caps on CPU; tiny shapes):
 #   DEVICE=cpu SMALL=tiny CAPS= VOCAB=512 BATCH=2 SEQ=32 PRECISION=32 STEPS=3 \
 #     scripts/gpu-issue15-16.sh /tmp/i1516 .venv/bin/python
@@ -36,12 +37,13 @@ shape=(data.batch_size="${BATCH:-128}" data.seq_len="${SEQ:-256}" data.tokenizer
        trainer.precision="${PRECISION:-bf16-true}" trainer.compile=false model.gradient_checkpointing=false
        model.activation_checkpointing=none sparsity.update_stop=20000)
 common=(--device "$device" --interleave round --rounds 3 --warmup-steps 3)
-read -r -a small <<< "${SMALL:-130m 350m}"
+read -r -a small <<< "${SMALL-130m 350m}"
 for m in "${small[@]}"; do
   part "s${m%m}" 60 model="$m" "${shape[@]}" sparsity=dense,smet sparsity.density=0.5,0.25 \
     sparsity.materialize=transient,persistent sparsity.update_interval=4 --steps "$steps"
 done
 common=(--device "$device" --interleave round --rounds 2 --warmup-steps 3)
+[[ "${LEAN:-1}" == 1 ]] || small=()
 for m in "${small[@]}"; do
   part "l${m%m}" 50 model="$m" "${shape[@]}" trainer.on_nonfinite=stop sparsity=dense,smet sparsity.density=0.25 \
     sparsity.materialize=transient optimizer.fused_backward=false,true optimizer.moments=native,8bit \

@@ -52,7 +52,7 @@ def case_scatter_gather(device: str, block: int, n_live: int, vdtype: torch.dtyp
 
 
 def _opt_run(device: str, fused: bool, *, block: int, dtype: torch.dtype, materialize: str, steps: int,
-             **opt_kw) -> dict:
+             multi: bool = True, **opt_kw) -> dict:
     """Two compact layers trained ``steps`` steps on fixed random gradients with a regrowth at step 3."""
     _path(fused)
     torch.manual_seed(0)
@@ -70,6 +70,7 @@ def _opt_run(device: str, fused: bool, *, block: int, dtype: torch.dtype, materi
         layers.append(layer)
     groups = [{"params": [ly.values for ly in layers], "sparse": True, "block_size": block}]
     opt = SMETOptimizer(groups, lr=1e-2, **opt_kw)
+    opt.multi_tensor = multi  # fused path: both layers in one launch, or one launch each
     for ly in layers:
         opt.register_layer(ly)
     gen = torch.Generator().manual_seed(99)
@@ -115,6 +116,23 @@ def case_optimizer(device: str, block: int, dtype: torch.dtype, materialize: str
     return out
 
 
+def case_multi_vs_single(device: str, block: int, dtype: torch.dtype, materialize: str, steps: int = 8,
+                         **opt_kw) -> dict:
+    """The fused path with both layers in one launch vs one launch per layer: the same bits."""
+    calls = []
+    many = kernels.smet_adam_update_many
+    kernels.smet_adam_update_many = lambda items, *a, **k: (calls.append(len(items)), many(items, *a, **k))
+    try:
+        a = _opt_run(device, True, block=block, dtype=dtype, materialize=materialize, steps=steps, multi=True, **opt_kw)
+    finally:
+        kernels.smet_adam_update_many = many
+    r = _opt_run(device, True, block=block, dtype=dtype, materialize=materialize, steps=steps, multi=False, **opt_kw)
+    out = {key: all(torch.equal(x, y) for x, y in zip(a[key], r[key])) and len(a[key]) == len(r[key])
+           for key in ("values", "exp_avg", "exp_avg_sq", "local_step", "dense")}
+    out["every_step_one_launch_of_both_layers"] = calls == [2] * steps
+    return out
+
+
 def main() -> None:
     device = sys.argv[1] if len(sys.argv) > 1 else "cpu"
     if not kernels.available():
@@ -141,6 +159,16 @@ def main() -> None:
                                                           regrowth_warmup_steps=4, local_step_storage="counter")
     res["opt_smet_b1_bf16_persistent"] = case_optimizer(device, 1, torch.bfloat16, "persistent",
                                                         regrowth_warmup_steps=4, weight_decay=0.1)
+    for name, (b, dt, mat, kw) in {
+            "b1_f32_codes": (1, torch.float32, "transient", dict(regrowth_warmup_steps=4)),
+            "b4_bf16_persistent_wd": (4, torch.bfloat16, "persistent", dict(regrowth_warmup_steps=4, weight_decay=0.1)),
+            "b4_f32_counter": (4, torch.float32, "transient", dict(regrowth_warmup_steps=4, local_step_storage="counter")),
+            "b1_f32_counter_momentum": (1, torch.float32, "persistent",
+                                        dict(regrowth_warmup_steps=4, local_step_storage="counter",
+                                             warmup_shape="momentum")),
+            "b1_f32_no_reset": (1, torch.float32, "transient", dict(regrowth_warmup_steps=4, reset_local_step=False)),
+    }.items():
+        res[f"multi_{name}"] = case_multi_vs_single(device, b, dt, mat, **kw)
     print(json.dumps(res))
 
 

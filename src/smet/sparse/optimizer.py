@@ -38,6 +38,7 @@ updates (``local_step_storage``):
 from __future__ import annotations
 
 import math
+import os
 from typing import Iterable
 
 import torch
@@ -101,6 +102,10 @@ class SMETOptimizer(torch.optim.Optimizer):
         self._measure: dict[torch.nn.Parameter, torch.Tensor] = {}
         self._bc_tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._births: dict[torch.nn.Parameter, list[int]] = {}  # host copy of regrow_birth (-1: free code)
+        # step(): the fused updates of a group's parameters in one launch (kernels.smet_adam_update_many);
+        # SMET_MULTI_TENSOR=0 launches once per parameter (the same bits)
+        self.multi_tensor = os.environ.get("SMET_MULTI_TENSOR", "1") != "0"
+        self._tables: dict[tuple, dict] = {}  # device tables of tensor addresses, per batch signature
         self.last_update_stats: dict[str, float] = {}
         self._stats: dict[str, list[float]] = {"regrown": [], "mature": []}
         # optimizer step inside backward: each parameter is updated as soon as its gradient is
@@ -381,11 +386,18 @@ class SMETOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         stats = self._stats
-        for group in self.param_groups:
+        for gi, group in enumerate(self.param_groups):
             if group["sparse"]:
+                batch = []
                 for p in group["params"]:
-                    if p.grad is not None:
+                    if p.grad is None:
+                        continue
+                    if self._batchable(p, group):
+                        batch.append(p)
+                    else:
                         self._sparse_update(p, group, stats)
+                if batch:
+                    self._fused_sparse_update_many(batch, group, gi)
             else:
                 self._dense_update(group)
         if self._measure:
@@ -474,6 +486,48 @@ class SMETOptimizer(torch.optim.Optimizer):
             codes=codes, births=st.get("regrow_birth"), global_step=T)
         if layer is not None and dense is None:
             layer.sync_dense_values()
+
+    def _batchable(self, p: torch.Tensor, group: dict) -> bool:
+        """Whether ``p``'s update of this step can go into the one-launch batch of its group
+        (:func:`smet.sparse.kernels.smet_adam_update_many`): the fused kernel applies, and this is not
+        the step that measures regrown vs mature update sizes."""
+        if not self.multi_tensor or p in self._measure:
+            return False
+        st = self._sparse_state(p, group)
+        return self._fused_ok(p, st)
+
+    def _fused_sparse_update_many(self, params: list, group: dict, gi: int) -> None:
+        """The fused update of ``params`` (one group) in as few launches as their storages allow: one
+        per (step count, local-step storage, dense copy, dtypes); bit-identical to one launch each."""
+        b1, b2 = group["betas"]
+        batches: dict[tuple, list] = {}
+        for p in params:
+            st = self.state[p]
+            st["step"] += 1
+            layer = self._layers.get(p)
+            lt, codes = st.get("local_step"), st.get("regrow_code")
+            dense = layer.dense if layer is not None else None
+            if dense is not None and not dense.is_contiguous():
+                dense = None
+            item = (p, p.grad, st["exp_avg"], st["exp_avg_sq"], lt, codes, st.get("regrow_birth"), dense,
+                    layer.idx if dense is not None else None, layer.n_live if layer is not None else 0)
+            key = (st["step"],) + tuple(None if t is None else t.dtype for t in item[:9])
+            batches.setdefault(key, []).append((item, layer, dense))
+        for key, entries in batches.items():
+            T = key[0]
+            lt0, codes0 = entries[0][0][4], entries[0][0][5]
+            tracked = lt0 is not None or codes0 is not None
+            ramp = self.warmup_shape if (tracked and self.regrowth_warmup_steps > 0) else "none"
+            cache = self._tables.setdefault((gi,) + key[1:], {})
+            kernels.smet_adam_update_many(
+                [e[0] for e in entries], self._bc_table(params[0].device, b1, b2) if self.reset_local_step else None,
+                lr=group["lr"], weight_decay=group["weight_decay"], beta1=b1, beta2=b2, eps=group["eps"],
+                bias_corrections=None if self.reset_local_step else (1.0 - b1**T, 1.0 - b2**T),
+                block_size=group["block_size"], ramp=ramp, warmup_steps=self.regrowth_warmup_steps,
+                regrown_below=min(T, self.step_cap), step_cap=self.step_cap, global_step=T, cache=cache)
+            for _, layer, dense in entries:
+                if layer is not None and dense is None:
+                    layer.sync_dense_values()
 
     def _sparse_update(self, p: torch.nn.Parameter, group: dict, stats: dict) -> None:
         st = self._sparse_state(p, group)
