@@ -17,8 +17,10 @@
 # everything (copy only the tarball and summary.md back: the device tool returns few files).
 # Usage: scripts/gpu-issue15-16.sh OUT_DIR [python=python3]
 # Environment: BUDGET (seconds, default 480), DEVICE (cuda), PARTS (all), VOCAB (32000), BATCH (128), SEQ (256),
-#   SMALL ("130m 350m"; empty: none), LEAN (1; 0 skips the l parts), CAPS ("7b:24 13b:40"), CAP_BATCH (8),
-#   CAP_STEPS (50), STEPS (12), PRECISION (bf16-true).
+#   SMALL ("130m 350m"; empty: none), LEAN (1; 0 skips the l parts), LEAN_GRID (the l parts' smet overrides,
+#   default "optimizer.fused_backward=false,true optimizer.moments=native,8bit"), CAPS ("7b:24 13b:40"),
+#   CAP_EXTRA (more overrides of the cap parts, e.g. sparsity.index=rows), CAP_BATCH (8), CAP_STEPS (50),
+#   STEPS (12), PRECISION (bf16-true).
 # CPU check of the script logic (no caps on CPU; tiny shapes):
 #   DEVICE=cpu SMALL=tiny CAPS= VOCAB=512 BATCH=2 SEQ=32 PRECISION=32 STEPS=3 \
 #     scripts/gpu-issue15-16.sh /tmp/i1516 .venv/bin/python
@@ -44,20 +46,21 @@ for m in "${small[@]}"; do
 done
 common=(--device "$device" --interleave round --rounds 2 --warmup-steps 3)
 [[ "${LEAN:-1}" == 1 ]] || small=()
+read -r -a lean_grid <<< "${LEAN_GRID:-optimizer.fused_backward=false,true optimizer.moments=native,8bit}"
 for m in "${small[@]}"; do
   part "l${m%m}" 50 model="$m" "${shape[@]}" trainer.on_nonfinite=stop sparsity=dense,smet sparsity.density=0.25 \
-    sparsity.materialize=transient optimizer.fused_backward=false,true optimizer.moments=native,8bit \
-    sparsity.update_interval=4 --steps "$(( steps * 2 / 3 ))"
+    sparsity.materialize=transient "${lean_grid[@]}" sparsity.update_interval=4 --steps "$(( steps * 2 / 3 ))"
 done
 common=(--device "$device" --interleave round --rounds 1 --warmup-steps 2)
 read -r -a caps <<< "${CAPS-7b:24 13b:40}"
+read -r -a cap_extra <<< "${CAP_EXTRA:-}"
 for c in "${caps[@]}"; do
   m=${c%%:*}; g=${c#*:}
   part "cap$m" 100 model="$m" data.batch_size="${CAP_BATCH:-8}" data.seq_len="${SEQ:-256}" \
     data.tokenizer.vocab_size="${VOCAB:-32000}" trainer.precision="${PRECISION:-bf16-true}" trainer.compile=false \
     model.activation_checkpointing=block trainer.on_nonfinite=stop optimizer.fused_backward=true \
     sparsity=smet,dense sparsity.density=0.25 sparsity.materialize=transient sparsity.update_interval=25 \
-    sparsity.update_stop=20000 --dense-last --memory-cap "$g" --steps "${CAP_STEPS:-50}"
+    sparsity.update_stop=20000 "${cap_extra[@]}" --dense-last --memory-cap "$g" --steps "${CAP_STEPS:-50}"
 done
 
 echo
@@ -71,9 +74,9 @@ sys.path.insert(0, sys.argv[2])
 from bench_parts import gib, load_parts  # noqa: E402
 from smet.bench.records import amortised  # noqa: E402
 
-print("| part | model | method | d | materialize | fused bwd | moments | tokens/s | amortised ΔT=100 | vs dense | "
+print("| part | model | method | d | materialize | index | fused bwd | moments | tokens/s | amortised ΔT=100 | vs dense | "
       "update step ms (drop) | MFU dense | peak GiB | static GiB | B/act w (sparse layers) | final loss | cap GiB |")
-print("|" + "---|" * 17)
+print("|" + "---|" * 18)
 parts = load_parts(out, ("s130", "s350", "l130", "l350", "captiny", "cap7b", "cap13b", "s", "ltiny", "stiny"))
 base = {}
 for part, recs in parts.items():
@@ -101,7 +104,8 @@ for part, recs in parts.items():
         st = r.get("static_bytes") or {}
         cap = r["config"].get("memory_cap_bytes")
         loss = r.get("final_loss")
-        print(f"| {part} | {m['name']} | {r['method']} | {r['density']:g} | {r['materialize'] or '-'} | "
+        idx = (r["config"].get("sparsity") or {}).get("index", "flat") if r["method"] != "dense" else "-"
+        print(f"| {part} | {m['name']} | {r['method']} | {r['density']:g} | {r['materialize'] or '-'} | {idx} | "
               f"{bool(o.get('fused_backward'))} | {o.get('moments', '-') if r['method'] != 'dense' else '-'} | "
               f"{speed} | {gib(r['peak_bytes'])} | {gib(st.get('total'))} | "
               f"{r['bytes_per_active_weight']:.2f} | " + (f"{loss:.3f}" if isinstance(loss, float) else "-")

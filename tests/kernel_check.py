@@ -32,11 +32,17 @@ def _maxrel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a - b).abs() / b.abs().clamp_min(1e-30)).max()) if a.numel() else 0.0
 
 
-def case_scatter_gather(device: str, block: int, n_live: int, vdtype: torch.dtype, cdtype: torch.dtype) -> dict:
+def case_scatter_gather(device: str, block: int, n_live: int, vdtype: torch.dtype, cdtype: torch.dtype,
+                        index: str = "flat") -> dict:
     g = torch.Generator().manual_seed(block * 7 + n_live)
-    layer = SparseLinear(64, 48, n_active_blocks=n_live, block_size=block, capacity=n_live + 5, dtype=vdtype)
+    layer = SparseLinear(64, 48, n_active_blocks=n_live, block_size=block, capacity=n_live + 5, dtype=vdtype,
+                         index=index)
     layer.n_live = n_live
-    layer.idx[:n_live] = torch.randperm(layer.n_blocks_total, generator=g)[:n_live].int()
+    ids = torch.randperm(layer.n_blocks_total, generator=g)[:n_live]
+    if n_live > 40:  # some rows empty, some full: the row loops' edge cases
+        ids = torch.cat([torch.arange(layer.n_blocks_total // 48), ids[ids >= 2 * layer.n_blocks_total // 48]])
+        ids = ids[:n_live]
+    layer.set_block_ids(ids)
     layer.values.data.copy_(torch.randn(layer.values.numel(), generator=g).to(vdtype))
     layer = layer.to(device)
     bidx = layer.idx[:n_live]
@@ -142,6 +148,8 @@ def main() -> None:
     for b in (1, 4):
         res[f"sg_b{b}_f32_cast_bf16"] = case_scatter_gather(device, b, 50, torch.float32, torch.bfloat16)
         res[f"sg_b{b}_bf16_copy"] = case_scatter_gather(device, b, 33, torch.bfloat16, torch.bfloat16)
+        res[f"sg_rows_b{b}_f32_cast_bf16"] = case_scatter_gather(device, b, 50, torch.float32, torch.bfloat16, "rows")
+        res[f"sg_rows_b{b}_bf16_copy"] = case_scatter_gather(device, b, 33, torch.bfloat16, torch.bfloat16, "rows")
     cfgs = {
         "smet_linear_w4": dict(regrowth_warmup_steps=4),
         "smet_momentum_w4": dict(regrowth_warmup_steps=4, warmup_shape="momentum"),

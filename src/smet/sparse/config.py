@@ -32,6 +32,8 @@ LOSS_IMPLS = ("exact", "chunked")
 POINTWISE_IMPLS = ("reference", "fused")
 GROWTH = ("random", "gradient", "none")
 MATERIALIZE = ("transient", "persistent")
+INDEX_KINDS = ("flat", "rows")  # SparseLinear.index: int32 flat block ids | int16 column blocks sorted by row
+ROWS_MAX_BLOCKS = 32767  # index=rows: int16 column blocks per row
 ALLOCATION = ("uniform", "erk")
 DROP_SCHEDULES = ("cosine", "linear", "constant")
 DENSITY_SCHEDULES = ("constant", "gradual")
@@ -88,6 +90,17 @@ def check_sparsity_config(sp: Mapping, opt: Mapping, model: Mapping | None = Non
         _choice(sp, key, opts, "sparsity")
     b = check_block_size(sp.get("block_size", 1),
                          {f"model.{k}": (model or {}).get(k) for k in ("hidden_size", "intermediate_size")})
+    if sp.get("index") is not None:  # absent in configs written before it existed
+        _choice(sp, "index", INDEX_KINDS, "sparsity")
+        if sp["index"] == "rows":
+            if sp.get("materialize", "transient") != "transient":
+                raise SmetConfigError("sparsity.index", "rows needs sparsity.materialize=transient (a persistent "
+                                                        "dense copy outweighs the 2 bytes it saves per slot)")
+            for k in ("hidden_size", "intermediate_size"):
+                dim = (model or {}).get(k)
+                if _is_int(dim) and dim // b > ROWS_MAX_BLOCKS:
+                    raise SmetConfigError("sparsity.index", f"rows holds at most {ROWS_MAX_BLOCKS} blocks per row; "
+                                                            f"model.{k}={dim} / block size {b} has {dim // b}")
     ui = sp.get("update_interval")
     if not _is_int(ui) or ui <= 0:
         raise SmetConfigError("sparsity.update_interval", f"must be a positive integer, got {ui!r}")

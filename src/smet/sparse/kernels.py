@@ -9,10 +9,13 @@ kernels replace them, one launch each per layer:
   written at their int32 block ids (a memset plus one kernel; no int64 index copy);
 * :func:`gather_grad`    - the compact gradient: the dense weight gradient read at the active
   positions, cast to the values' dtype, zero for free slots (one kernel);
+* :func:`scatter_rows` / :func:`gather_rows` - the same two for the 2-byte row-sorted index
+  (``SparseLinear(index="rows")``: int16 column-block ids + int32 row offsets), one program per row;
 * :func:`smet_adam_update` - the whole per-slot SMET update of section 3 of the method (moments,
   local step from a 1-byte regrowth code or a saturating int16 counter, linear or momentum warm-up
   of regrown slots, per-slot bias corrections from the exact fp32 table, decoupled weight decay,
-  value update) and, for the ``persistent`` mode, the write of the new values into the dense compute copy (one kernel).
+  value update) and, for the ``persistent`` mode, the write of the new values into the dense compute copy (one kernel);
+  :func:`smet_adam_update_many` runs it for all compact parameters of a param group in one launch.
 
 The math and every rounding to a storage dtype follow the PyTorch reference path in
 ``smet.sparse.optimizer`` / ``smet.sparse.layer`` (fp32 arithmetic, IEEE-rounded division and
@@ -143,6 +146,32 @@ if triton is not None:
             blk = tl.load(idx_ptr + slot, mask=live, other=0).to(tl.int64)
             tl.store(dense_ptr + blk * B + offs % B, p_st.to(dense_ptr.dtype.element_ty), mask=live)
 
+    # row-sorted index (SparseLinear index="rows"): program r handles row r, whose slots are
+    # [row_ptr[r], row_ptr[r + 1]) with int16 column-block ids ``cols``
+    @triton.jit
+    def _scatter_rows_kernel(vals_ptr, cols_ptr, row_ptr, out_ptr, row_len, B: tl.constexpr, BLOCK_SIZE: tl.constexpr):
+        r = tl.program_id(0).to(tl.int64)
+        e0 = tl.load(row_ptr + r).to(tl.int64) * B
+        e1 = tl.load(row_ptr + r + 1).to(tl.int64) * B
+        for start in range(e0, e1, BLOCK_SIZE):
+            offs = start + tl.arange(0, BLOCK_SIZE)
+            mask = offs < e1
+            col = tl.load(cols_ptr + offs // B, mask=mask, other=0).to(tl.int64)
+            x = tl.load(vals_ptr + offs, mask=mask, other=0.0)
+            tl.store(out_ptr + r * row_len + col * B + offs % B, x.to(out_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _gather_rows_kernel(gw_ptr, cols_ptr, row_ptr, out_ptr, row_len, B: tl.constexpr, BLOCK_SIZE: tl.constexpr):
+        r = tl.program_id(0).to(tl.int64)
+        e0 = tl.load(row_ptr + r).to(tl.int64) * B
+        e1 = tl.load(row_ptr + r + 1).to(tl.int64) * B
+        for start in range(e0, e1, BLOCK_SIZE):
+            offs = start + tl.arange(0, BLOCK_SIZE)
+            mask = offs < e1
+            col = tl.load(cols_ptr + offs // B, mask=mask, other=0).to(tl.int64)
+            g = tl.load(gw_ptr + r * row_len + col * B + offs % B, mask=mask, other=0.0)
+            tl.store(out_ptr + offs, g.to(out_ptr.dtype.element_ty), mask=mask)
+
     # regrown_below and global_step change every step: no re-compiles at multiples of 16
     @triton.jit(do_not_specialize=["regrown_below", "global_step"])
     def _smet_adam_kernel(p_ptr, g_ptr, m_ptr, v_ptr, lt_ptr, birth_ptr, tab1_ptr, tab2_ptr, idx_ptr, dense_ptr,
@@ -200,6 +229,31 @@ def gather_grad(gw: torch.Tensor, bidx: torch.Tensor, n_values: int, block_size:
     out = torch.empty(n_values, dtype=dtype, device=gw.device)
     n_live = bidx.numel() * block_size
     _gather_kernel[_grid(n_values)](gw, bidx, out, n_live, n_values, B=block_size, BLOCK_SIZE=BLOCK)
+    return out
+
+
+ROWS_BLOCK = 256
+
+
+def scatter_rows(values: torch.Tensor, cols: torch.Tensor, row_ptr: torch.Tensor, out_features: int,
+                 in_features: int, block_size: int, dtype: torch.dtype) -> torch.Tensor:
+    """(out, in) tensor of ``dtype``: zeros, with the live values of a row-sorted index written in
+    (slot ``s`` of row ``r``, ``row_ptr[r] <= s < row_ptr[r + 1]``, at column block ``cols[s]``)."""
+    w = torch.zeros(out_features, in_features, dtype=dtype, device=values.device)
+    _scatter_rows_kernel[(out_features,)](values, cols, row_ptr, w, in_features, B=block_size, BLOCK_SIZE=ROWS_BLOCK)
+    return w
+
+
+def gather_rows(gw: torch.Tensor, cols: torch.Tensor, row_ptr: torch.Tensor, n_values: int, n_live: int,
+                block_size: int, dtype: torch.dtype) -> torch.Tensor:
+    """Compact gradient of ``n_values`` elements from the dense (out, in) ``gw`` at a row-sorted index
+    (:func:`scatter_rows`), cast to ``dtype``; zeros after the ``n_live`` live slots."""
+    gw = gw.contiguous()
+    out_features, in_features = gw.shape
+    out = torch.empty(n_values, dtype=dtype, device=gw.device)
+    if n_live * block_size < n_values:
+        out[n_live * block_size:].zero_()
+    _gather_rows_kernel[(out_features,)](gw, cols, row_ptr, out, in_features, B=block_size, BLOCK_SIZE=ROWS_BLOCK)
     return out
 
 

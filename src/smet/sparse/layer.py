@@ -4,8 +4,17 @@ A layer of shape (out, in) is cut into 1-D blocks of ``b`` consecutive elements 
 unstructured). ``capacity`` block slots hold the active blocks:
 
 * ``values``  - trainable parameter, shape (capacity * b,), the active weights, slot-major;
-* ``idx``     - int32 buffer, shape (capacity,), flat block id of each slot
-  (``row * (in / b) + col // b``);
+* ``idx``     - the index of the slots, one of (``index``):
+
+  - ``flat`` (default): int32 buffer, shape (capacity,), flat block id of each slot
+    (``row * (in / b) + col // b``), slots in any order;
+  - ``rows``: int16 buffer, shape (capacity,), the column block (``col // b``) of each slot, with
+    the live slots sorted by (row, column) and ``row_ptr`` (int32, out + 1) the CSR offsets: row
+    ``r`` owns slots ``[row_ptr[r], row_ptr[r + 1])``. 2 bytes per slot instead of 4 (issue 16);
+    topology updates re-sort the slots (:meth:`SparseLinear.set_block_ids` returns the permutation
+    the optimizer state follows). Transient materialisation only; rows up to 32767 blocks.
+
+  :meth:`SparseLinear.block_ids` gives the flat int64 block ids of the live slots either way;
 * ``n_live``  - slots [0, n_live) are active; slots past it (only under a decreasing density
   schedule) hold zeros and receive zero gradient.
 
@@ -33,6 +42,8 @@ from torch import nn
 from smet.sparse import kernels
 
 INDEX_DTYPE = torch.int32
+ROWS_INDEX_DTYPE = torch.int16
+INDEX_KINDS = ("flat", "rows")
 
 
 def element_index(idx: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -106,17 +117,27 @@ class SparseLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, n_active_blocks: int, block_size: int = 1,
                  materialize: str = "transient", capacity: int | None = None, dense_dtype: torch.dtype | None = None,
-                 device=None, dtype=None, *, name: str = "", final_count: int | None = None):
+                 device=None, dtype=None, *, name: str = "", final_count: int | None = None, index: str = "flat"):
         """``n_active_blocks``: live blocks now; ``capacity``: block slots (default: ``n_active_blocks``);
         ``final_count``: the live blocks the density schedule ends at (default: ``n_active_blocks``;
         ``SparseController`` interpolates between ``capacity`` and it); ``name``: the module path
         in the model (error messages, DDP mask checks); ``dense_dtype``: dtype of the persistent
-        compute copy (default: the values' dtype; see :meth:`set_dense_dtype`)."""
+        compute copy (default: the values' dtype; see :meth:`set_dense_dtype`); ``index``: ``flat``
+        or ``rows`` (module docstring)."""
         super().__init__()
         if block_size < 1 or in_features % block_size:
             raise ValueError(f"block_size {block_size} does not divide the row length {in_features}")
         if materialize not in ("transient", "persistent"):
             raise ValueError(f"materialize must be 'transient' or 'persistent', got {materialize!r}")
+        if index not in INDEX_KINDS:
+            raise ValueError(f"index must be one of {INDEX_KINDS}, got {index!r}")
+        if index == "rows" and materialize != "transient":
+            raise ValueError("index='rows' needs materialize='transient' (a persistent dense copy outweighs the "
+                             "2 bytes it saves per slot)")
+        if index == "rows" and in_features // block_size > torch.iinfo(ROWS_INDEX_DTYPE).max:
+            raise ValueError(f"index='rows' holds at most {torch.iinfo(ROWS_INDEX_DTYPE).max} blocks per row; "
+                             f"this layer has {in_features // block_size}")
+        self.index = index
         self.in_features, self.out_features = in_features, out_features
         self.block_size = block_size
         self.n_blocks_total = out_features * in_features // block_size
@@ -130,9 +151,15 @@ class SparseLinear(nn.Module):
         self.materialize = materialize
         factory = {"device": device, "dtype": dtype}
         self.values = nn.Parameter(torch.empty(capacity * block_size, **factory))
-        self.register_buffer("idx", torch.zeros(capacity, dtype=INDEX_DTYPE, device=device))
+        if index == "rows":
+            self.register_buffer("idx", torch.zeros(capacity, dtype=ROWS_INDEX_DTYPE, device=device))
+            self.register_buffer("row_ptr", torch.zeros(out_features + 1, dtype=torch.int32, device=device))
+        else:
+            self.register_buffer("idx", torch.zeros(capacity, dtype=INDEX_DTYPE, device=device))
+            self.register_buffer("row_ptr", None)
         self.dense: torch.Tensor | None = None
         self._dense_dtype = dense_dtype
+        self.slot_perm: torch.Tensor | None = None  # rows index: the last re-sort (topology.follow_sort)
         # set by the topology controller on steps whose gradient ranks growth candidates (RigL)
         self.growth_request: int = 0
         self.growth_candidates: torch.Tensor | None = None
@@ -160,10 +187,45 @@ class SparseLinear(nn.Module):
 
     def live_element_index(self) -> torch.Tensor:
         """Flat int64 element positions of the live weights (tools and tests; not the hot path)."""
-        return element_index(self.idx[: self.n_live], self.block_size)
+        return element_index(self.block_ids(), self.block_size)
 
     def _live_blocks(self) -> torch.Tensor:
+        """What the autograd functions get as the index: a view of ``idx`` (flat ids, or the column
+        blocks of a row-sorted index), nothing allocated."""
         return self.idx[: self.n_live]
+
+    def block_ids(self) -> torch.Tensor:
+        """Flat block ids (int64, ``row * (in / b) + col // b``) of the live slots, in slot order."""
+        live = self.idx[: self.n_live].long()
+        if self.index == "flat":
+            return live
+        counts = (self.row_ptr[1:] - self.row_ptr[:-1]).long()
+        rows = torch.repeat_interleave(torch.arange(self.out_features, device=live.device), counts,
+                                       output_size=self.n_live)
+        return rows * (self.in_features // self.block_size) + live
+
+    @torch.no_grad()
+    def set_block_ids(self, ids: torch.Tensor) -> torch.Tensor | None:
+        """Make ``ids`` (flat block ids, distinct) the live slots' blocks, ``n_live = len(ids)``; the
+        values stay with their slots. ``flat``: slot i gets ``ids[i]``, returns None. ``rows``: the
+        slots are sorted by block id, values included, and the permutation is returned (int64: new
+        slot i holds what slot ``perm[i]`` held), for the optimizer state to follow
+        (``SMETOptimizer.compact_slots(p, perm, n_live)``)."""
+        n = ids.numel()
+        self.idx.zero_()
+        self.n_live = n
+        if self.index == "flat":
+            self.idx[:n] = ids.to(INDEX_DTYPE)
+            return None
+        ids, perm = torch.sort(ids.long())
+        nb = self.in_features // self.block_size
+        self.idx[:n] = (ids % nb).to(ROWS_INDEX_DTYPE)
+        counts = torch.bincount(ids // nb, minlength=self.out_features)
+        self.row_ptr[0] = 0
+        self.row_ptr[1:] = torch.cumsum(counts, 0).to(torch.int32)
+        v = self.values.detach().view(self.capacity, self.block_size)
+        v[:n] = v[:n][perm]
+        return perm
 
     def _live_values(self) -> torch.Tensor:
         return self.values[: self.n_active].view(self.n_live, self.block_size)
@@ -179,8 +241,7 @@ class SparseLinear(nn.Module):
         gen_dev = generator.device if generator is not None else torch.device("cpu")
         perm = torch.randperm(self.n_blocks_total, generator=generator, device=gen_dev)[: self.n_live]
         chosen = perm.sort().values.to(dev)
-        self.idx.zero_()
-        self.idx[: self.n_live] = chosen.to(INDEX_DTYPE)
+        self.set_block_ids(chosen)
         vals = torch.randn(self.n_live * self.block_size, generator=generator, device=gen_dev) * std
         self.values.zero_()
         self.values[: self.n_live * self.block_size] = vals.to(device=dev, dtype=self.values.dtype)
@@ -190,9 +251,9 @@ class SparseLinear(nn.Module):
     def load_from_dense(self, weight: torch.Tensor, block_ids: torch.Tensor) -> None:
         """Take the given blocks' values from a dense (out, in) weight (tests, conversion)."""
         n = block_ids.numel()
-        self.idx.zero_()
-        self.idx[:n] = block_ids.to(INDEX_DTYPE)
-        self.n_live = n
+        if self.index == "rows":
+            block_ids = block_ids.long().sort().values
+        self.set_block_ids(block_ids)
         self.values.zero_()
         self.values[: n * self.block_size] = weight.reshape(-1)[element_index(block_ids, self.block_size)].to(self.values)
         self.refresh_dense()
@@ -200,13 +261,13 @@ class SparseLinear(nn.Module):
     @torch.no_grad()
     def to_dense(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         w = torch.zeros(self.n_blocks_total, self.block_size, dtype=dtype or self.values.dtype, device=self.values.device)
-        w[self._live_blocks()] = self._live_values().to(w.dtype)
+        w[self.block_ids()] = self._live_values().to(w.dtype)
         return w.view(self.out_features, self.in_features)
 
     @torch.no_grad()
     def mask(self) -> torch.Tensor:
         m = torch.zeros(self.n_blocks_total, self.block_size, dtype=torch.bool, device=self.idx.device)
-        m[self._live_blocks()] = True
+        m[self.block_ids()] = True
         return m.view(self.out_features, self.in_features)
 
     # ---------------------------------------------------------- persistent copy
@@ -248,7 +309,12 @@ class SparseLinear(nn.Module):
     def _scatter_dense(self, values: torch.Tensor, bidx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Dense (n_blocks, b) weight with the active blocks written in (int32 ids, no int64 copy)."""
         b = self.block_size
-        if kernels.usable(values):
+        if self.index == "rows":
+            if kernels.usable(values):
+                return kernels.scatter_rows(values, bidx, self.row_ptr, self.out_features, self.in_features, b,
+                                            dtype).view(self.n_blocks_total, b)
+            bidx = self.block_ids()
+        elif kernels.usable(values):
             return kernels.scatter_dense(values, bidx, self.n_blocks_total, b, dtype)
         w = torch.zeros(self.n_blocks_total, b, dtype=dtype, device=values.device)
         n = bidx.numel()
@@ -256,7 +322,12 @@ class SparseLinear(nn.Module):
         return w
 
     def _gather_grad(self, gw: torch.Tensor, bidx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        if kernels.usable(gw):
+        if self.index == "rows":
+            if kernels.usable(gw):
+                return kernels.gather_rows(gw.view(self.out_features, self.in_features), bidx, self.row_ptr,
+                                           values.numel(), bidx.numel(), self.block_size, values.dtype)
+            bidx = self.block_ids()
+        elif kernels.usable(gw):
             return kernels.gather_grad(gw, bidx, values.numel(), self.block_size, values.dtype)
         g = gw.reshape(self.n_blocks_total, self.block_size).index_select(0, bidx).reshape(-1).to(values.dtype)
         if g.numel() == values.numel():
@@ -282,7 +353,7 @@ class SparseLinear(nn.Module):
         if self.block_size > 1:
             score = score.view(-1, self.block_size).sum(1)
         score = score.reshape(-1)
-        score[self.idx[: self.n_live].long()] = -math.inf
+        score[self.block_ids()] = -math.inf
         self.growth_candidates = torch.topk(score, self.growth_request, sorted=False).indices
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

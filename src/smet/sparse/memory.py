@@ -21,7 +21,8 @@ grads         ``.grad`` tensors that exist (predictions assume they do: right af
 optimizer     every tensor in ``optimizer.state`` except ``local_step`` (m, v, AdamW's 0-dim
               fp32 ``step`` of dense parameters; the SMET optimizer's sparse ``step`` is a
               python int and costs nothing)
-metadata      sparse layers' ``idx`` (int32, one per block slot) + the optimizer's local steps
+metadata      sparse layers' ``idx`` (int32 per block slot; ``sparsity.index: rows``: int16 per slot +
+              the int32 ``row_ptr``, out + 1 per layer) + the optimizer's local steps
               (``regrow_code``, 1 byte per slot, and ``regrow_birth``, 256 x int32 per layer; or
               ``local_step`` counters, int16 / int32 per slot)
 compute_copy  persistent dense copies of sparse layers (``materialize="persistent"``)
@@ -221,7 +222,8 @@ def measure_static(model: nn.Module, optimizer: torch.optim.Optimizer | None, sp
             c.add("buffers", t)
         return c.result()
 
-    idx_bufs = [layer.idx for layer in layers]
+    idx_bufs = [layer.idx for layer in layers] + [layer.row_ptr for layer in layers
+                                                   if getattr(layer, "row_ptr", None) is not None]
     idx_ids = {id(t) for t in idx_bufs}
     copies = [layer.dense for layer in layers if getattr(layer, "dense", None) is not None]
     all_params = list(model.parameters())
@@ -321,6 +323,7 @@ def predict_static(shapes: ModelShapes, sparsity_cfg: Mapping[str, Any] | None,
         _, ls, ls_table = local_step_layout(ocfg, scfg, total_steps)
         cc = compute_copy_bytes(precision) if scfg.get("materialize", "transient") == "persistent" else 0
         eight = str(ocfg.get("moments") or "native") == "8bit"
+        rows = str(scfg.get("index") or "flat") == "rows"
         for lay in plan:
             cap, b = lay["capacity"], lay["block_size"]
             vals = cap * b
@@ -329,7 +332,8 @@ def predict_static(shapes: ModelShapes, sparsity_cfg: Mapping[str, Any] | None,
                 d["grads"] += vals * g
                 # m and v: the parameter's dtype, or a byte each + an fp32 scale per QBLOCK values
                 d["optimizer"] += 2 * (vals + 4 * n_scales(vals)) if eight else 2 * vals * p
-                d["metadata"] += cap * 4 + cap * ls + ls_table
+                # index: int32 flat ids, or int16 column blocks + int32 row offsets (out + 1)
+                d["metadata"] += (cap * 2 + 4 * (lay["out"] + 1) if rows else cap * 4) + cap * ls + ls_table
                 d["compute_copy"] += lay["out"] * lay["in"] * cc
     for d in (allb, sp):
         d["total"] = sum(d[k] for k in CATEGORIES)
@@ -347,7 +351,8 @@ def estimate_update_memory(shapes: ModelShapes, sparsity_cfg: Mapping[str, Any] 
       the optimizer step, with gradients and activations freed): the live ids as int64 (8 B per live
       block), the fp32 prune scores (4), top-k outputs (12 per pruned and per grown block), the fp32
       random growth score over every block of the layer (4 per block), and the uint8 scratch of
-      :func:`~smet.sparse.topology.pack_slots` (1 per slot);
+      :func:`~smet.sparse.topology.pack_slots` (1 per slot); with ``index: rows`` also the decode and
+      re-sort of the slots (48 per slot + 8 per slot element);
     * ``measure_step``: at the step after an update, inside the optimizer step of the largest layer,
       its fp32 values before the step and their change (2 x 4 B per slot element) plus the bool mask.
 
@@ -361,13 +366,17 @@ def estimate_update_memory(shapes: ModelShapes, sparsity_cfg: Mapping[str, Any] 
     if cfg.growth == "none" and constant:
         return zero
     plan = layer_plan([(o, i) for _, o, i in _targets(shapes, scfg)], cfg)
+    rows = str(scfg.get("index") or "flat") == "rows"
     p0 = max(float(cfg.drop_fraction), float(cfg.drop_fraction_end))
     masks = layer = measure = 0
     for lp in plan:
         cap, blocks, b = lp["capacity"], lp["blocks"], lp["block_size"]
         n_drop = int(round(p0 * cap)) + (cap - lp["final"])
         masks += -(-cap // 8)
-        layer = max(layer, 12 * cap + 12 * n_drop + (4 * blocks + 12 * n_drop) + cap + -(-cap // 8))
+        work = 12 * cap + 12 * n_drop + (4 * blocks + 12 * n_drop) + cap + -(-cap // 8)
+        if rows:  # decode (8), a copy of the ids (8), the sort's ids + permutation (16), its inverse (8),
+            work += 40 * cap + 8 * cap * b  # the row ids (8); a permuted copy of values / one state (<= 8 per element)
+        layer = max(layer, work)
         measure = max(measure, 8 * cap * b + cap)
     return {"regrown_masks": masks, "layer_update": layer, "measure_step": measure}
 
@@ -404,7 +413,8 @@ def bytes_per_active_weight(sparsity_cfg: Mapping[str, Any] | None, optimizer_cf
         return out
     b = int(scfg.get("block_size", 1))
     mom = 1 + 4 / QBLOCK if str(ocfg.get("moments") or "native") == "8bit" else p
-    out = {"values": p, "grads": g, "exp_avg": mom, "exp_avg_sq": mom, "index": 4 / b,
+    index = 2 if str(scfg.get("index") or "flat") == "rows" else 4  # row offsets: 4 B per row, not per weight
+    out = {"values": p, "grads": g, "exp_avg": mom, "exp_avg_sq": mom, "index": index / b,
            "local_step": local_step_bytes(ocfg, scfg, total_steps) / b}
     out["total"] = float(sum(out.values()))
     pers = float(compute_copy_bytes(precision)) if scfg.get("materialize", "transient") == "persistent" else 0.0

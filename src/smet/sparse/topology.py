@@ -48,6 +48,7 @@ class SparsityConfig:
     density: float = 0.5
     block_size: int = 1
     materialize: str = "transient"
+    index: str = "flat"  # flat: int32 block id per slot | rows: int16 column block, slots sorted by row
     allocation: str = "uniform"
     erk_power_scale: float = 1.0
     targets: tuple = DEFAULT_TARGETS
@@ -260,7 +261,7 @@ class SparseController:
         n_prune, n_grow, k_new = self._counts(layer, step)
         if n_prune == 0 and n_grow == 0:
             return 0
-        live_blocks = layer.idx[: layer.n_live].long()
+        live_blocks = layer.block_ids()
         score = block_scores(layer) if n_prune else None
         pruned = select_prune(layer, n_prune, score)
         prev = self._regrown.pop(li, None)
@@ -271,12 +272,19 @@ class SparseController:
                                  seed=_seed_for(self.seed, "grow", self.update_count, li))
         layer.growth_candidates = None
         pruned_blocks = live_blocks[pruned] if n_prune else None
-        slots, keep_slots = rewrite_slots(layer, pruned, new_blocks, k_new)
+        slots, keep_slots = rewrite_slots(layer, pruned, new_blocks, k_new, live_blocks)
         del live_blocks, new_blocks, score
+        if layer.index == "rows":  # slots re-sorted: the optimizer state follows, then the regrown slots
+            notify_optimizer(self._optimizer, layer, slots, keep_slots, measure=False)
+            slots = follow_sort(self._optimizer, layer, slots)
         regrown = pack_slots(slots, layer.capacity) if n_grow else None
         if keep_slots is None and n_grow:  # constant count: a regrown block keeps its slot until pruned
             self._regrown[li] = regrown
-        notify_optimizer(self._optimizer, layer, slots, keep_slots, measure=regrown)
+        if layer.index == "rows":
+            if regrown is not None and self._optimizer is not None:
+                self._optimizer.measure_next_step(layer.values, regrown)
+        else:
+            notify_optimizer(self._optimizer, layer, slots, keep_slots, measure=regrown)
         if pruned_blocks is not None:  # the persistent dense copy: pruned positions back to 0
             layer.zero_dense_blocks(pruned_blocks)
         return int(n_grow)
@@ -357,8 +365,13 @@ def select_grow(layer: SparseLinear, live_blocks: torch.Tensor, n_grow: int, *, 
 
 @torch.no_grad()
 def rewrite_slots(layer: SparseLinear, pruned: torch.Tensor, new_blocks: torch.Tensor,
-                  n_live: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+                  n_live: int, live_blocks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Write ``new_blocks`` (value 0) into the layer in place of the ``pruned`` slots.
+
+    A ``rows`` index (``SparseLinear.index``) then re-sorts the slots, values included
+    (``SparseLinear.set_block_ids``) and leaves the permutation in ``layer.slot_perm``; the slots
+    returned refer to the order BEFORE that sort (what the optimizer state still has: see
+    :func:`follow_sort`). ``live_blocks``: the layer's ``block_ids()`` when the caller has them.
 
     Constant count (``n_live`` == the layer's): the new blocks take over the pruned slots in place;
     returns ``(pruned, None)``. Density change: survivors move to the front in order, the new blocks
@@ -367,7 +380,15 @@ def rewrite_slots(layer: SparseLinear, pruned: torch.Tensor, new_blocks: torch.T
     """
     vals = _slot_values(layer)
     k_old = layer.n_live
+    rows = layer.index == "rows"
+    if rows:  # work on the decoded flat ids; set_block_ids re-sorts them at the end
+        ids = layer.block_ids() if live_blocks is None else live_blocks.clone()
     if n_live == k_old:
+        if rows:
+            ids[pruned] = new_blocks
+            vals[pruned] = 0
+            layer.slot_perm = layer.set_block_ids(ids)
+            return pruned, None
         layer.idx[pruned] = new_blocks.to(layer.idx.dtype)
         vals[pruned] = 0
         return pruned, None
@@ -375,12 +396,15 @@ def rewrite_slots(layer: SparseLinear, pruned: torch.Tensor, new_blocks: torch.T
     keep[pruned] = False
     keep_slots = keep.nonzero().squeeze(1)
     n_keep = keep_slots.numel()
-    new_idx = torch.cat([layer.idx[keep_slots], new_blocks.to(layer.idx.dtype)])
-    layer.idx.zero_()
-    layer.idx[:n_live] = new_idx
     new_vals = vals[keep_slots].clone()
     vals.zero_()
     vals[:n_keep] = new_vals
+    if rows:
+        layer.slot_perm = layer.set_block_ids(torch.cat([ids[keep_slots], new_blocks.long()]))
+        return torch.arange(n_keep, n_live, device=layer.idx.device), keep_slots
+    new_idx = torch.cat([layer.idx[keep_slots], new_blocks.to(layer.idx.dtype)])
+    layer.idx.zero_()
+    layer.idx[:n_live] = new_idx
     layer.n_live = n_live
     return torch.arange(n_keep, n_live, device=layer.idx.device), keep_slots
 
@@ -439,6 +463,21 @@ def survival_metrics(per_layer: list[tuple[torch.Tensor, ...]]) -> dict[str, flo
     vals = torch.stack([kept.sum() / n.sum().clamp_min(1), r_regrown.mean(), r_mature.mean()]).tolist()
     return dict(zip(("sparsity/regrown_survival", "sparsity/regrown_score_ratio",
                      "sparsity/mature_score_ratio"), vals))
+
+
+def follow_sort(optimizer: SlotStateObserver | None, layer: SparseLinear, slots: torch.Tensor) -> torch.Tensor:
+    """After :func:`rewrite_slots` re-sorted a ``rows`` layer (``layer.slot_perm``): permute the
+    optimizer's slot state the same way (``compact_slots(p, perm, n_live)``) and return where
+    ``slots`` (pre-sort slot numbers) are now."""
+    perm = layer.slot_perm
+    layer.slot_perm = None
+    if perm is None:
+        return slots
+    if optimizer is not None:
+        optimizer.compact_slots(layer.values, perm, layer.n_live)
+    where = torch.empty_like(perm)
+    where[perm] = torch.arange(perm.numel(), device=perm.device)
+    return where[slots]
 
 
 def notify_optimizer(optimizer: SlotStateObserver | None, layer: SparseLinear, slots: torch.Tensor,
@@ -540,7 +579,7 @@ def sparsify_model(model: nn.Module, cfg: SparsityConfig, total_steps: int, seed
             dev = lin.weight.device if not lin.weight.is_meta else torch.device("cpu")
         sl = SparseLinear(lin.in_features, lin.out_features, n_active_blocks=cap, block_size=cfg.block_size,
                           materialize=cfg.materialize, capacity=cap, device=dev, dtype=lin.weight.dtype,
-                          name=name, final_count=final)
+                          name=name, final_count=final, index=cfg.index)
         if device is None:
             gen = _generator(torch.device("cpu"), _seed_for(seed, "init", li))
             sl.init_random(init_std, gen)
