@@ -2,7 +2,8 @@
 # Issues 15 and 16 on one H200 (~6-8 minutes), bf16-true, vocab 32000, eager, fused pointwise ops
 # (the conf/model default), chunked loss. smet-bench parts (synthetic tokens), most important first:
 #   s130 / s350  issue 15: dense AdamW vs smet d = 0.5, 0.25 x transient, persistent at batch 128 x 256, no
-#                activation checkpointing, 3 interleaved rounds; a topology update timed in every round with
+#                activation checkpointing, 3 interleaved rounds of 8 steps; a topology update (every 8 steps) and
+#                the step after it timed apart in every round, with
 #                the drop fraction at its early-run value (sparsity.update_stop=20000: cosine 0.2 -> 0.005
 #                over a 20000-step run, so ~0.2 at the update); amortise over ΔT = 100 afterwards with
 #                `smet-bench --from-json s130.json --amortize-interval 100`
@@ -20,7 +21,9 @@
 #   SMALL ("130m 350m"; empty: none), LEAN (1; 0 skips the l parts), LEAN_GRID (the l parts' smet overrides,
 #   default "optimizer.fused_backward=false,true optimizer.moments=native,8bit"), CAPS ("7b:24 13b:40"),
 #   CAP_EXTRA (more overrides of the cap parts, e.g. sparsity.index=rows), CAP_BATCH (8), CAP_STEPS (50),
-#   STEPS (12), PRECISION (bf16-true).
+#   STEPS (24: 8 per round of s, with an update every 8 steps: 6 steady steps, the update step and the step
+#   after it, timed apart), PRECISION (bf16-true). CAPS entries are MODEL:GIB[:DENSITY]; GIB "-" runs on the
+#   whole GPU (part big<model>), DENSITY defaults to 0.25 (else the part name gets d<digits>, e.g. big65bd1).
 # CPU check of the script logic (no caps on CPU; tiny shapes):
 #   DEVICE=cpu SMALL=tiny CAPS= VOCAB=512 BATCH=2 SEQ=32 PRECISION=32 STEPS=3 \
 #     scripts/gpu-issue15-16.sh /tmp/i1516 .venv/bin/python
@@ -29,7 +32,7 @@ out=${1:?usage: scripts/gpu-issue15-16.sh OUT_DIR [python]}
 py=${2:-python3}
 budget=${BUDGET:-480}
 device=${DEVICE:-cuda}
-steps=${STEPS:-12}
+steps=${STEPS:-24}
 here=$(cd "$(dirname "$0")/.." && pwd)
 source "$here/scripts/gpu-part.sh"
 bench_setup
@@ -42,25 +45,28 @@ common=(--device "$device" --interleave round --rounds 3 --warmup-steps 3)
 read -r -a small <<< "${SMALL-130m 350m}"
 for m in "${small[@]}"; do
   part "s${m%m}" 60 model="$m" "${shape[@]}" sparsity=dense,smet sparsity.density=0.5,0.25 \
-    sparsity.materialize=transient,persistent sparsity.update_interval=4 --steps "$steps"
+    sparsity.materialize=transient,persistent sparsity.update_interval=8 --steps "$steps"
 done
 common=(--device "$device" --interleave round --rounds 2 --warmup-steps 3)
 [[ "${LEAN:-1}" == 1 ]] || small=()
 read -r -a lean_grid <<< "${LEAN_GRID:-optimizer.fused_backward=false,true optimizer.moments=native,8bit}"
 for m in "${small[@]}"; do
   part "l${m%m}" 50 model="$m" "${shape[@]}" trainer.on_nonfinite=stop sparsity=dense,smet sparsity.density=0.25 \
-    sparsity.materialize=transient "${lean_grid[@]}" sparsity.update_interval=4 --steps "$(( steps * 2 / 3 ))"
+    sparsity.materialize=transient "${lean_grid[@]}" sparsity.update_interval=8 --steps "$(( steps * 2 / 3 ))"
 done
 common=(--device "$device" --interleave round --rounds 1 --warmup-steps 2)
 read -r -a caps <<< "${CAPS-7b:24 13b:40}"
 read -r -a cap_extra <<< "${CAP_EXTRA:-}"
 for c in "${caps[@]}"; do
-  m=${c%%:*}; g=${c#*:}
-  part "cap$m" 100 model="$m" data.batch_size="${CAP_BATCH:-8}" data.seq_len="${SEQ:-256}" \
+  IFS=: read -r m g d <<< "$c"
+  d=${d:-0.25}
+  capflag=(--memory-cap "$g"); [[ "$g" == "-" ]] && capflag=()
+  name="cap$m"; [[ "$g" == "-" ]] && name="big$m"; [[ "$d" != 0.25 ]] && name="${name}d${d#0.}"
+  part "$name" 100 model="$m" data.batch_size="${CAP_BATCH:-8}" data.seq_len="${SEQ:-256}" \
     data.tokenizer.vocab_size="${VOCAB:-32000}" trainer.precision="${PRECISION:-bf16-true}" trainer.compile=false \
     model.activation_checkpointing=block trainer.on_nonfinite=stop optimizer.fused_backward=true \
-    sparsity=smet,dense sparsity.density=0.25 sparsity.materialize=transient sparsity.update_interval=25 \
-    sparsity.update_stop=20000 "${cap_extra[@]}" --dense-last --memory-cap "$g" --steps "${CAP_STEPS:-50}"
+    sparsity=smet,dense sparsity.density="$d" sparsity.materialize=transient sparsity.update_interval=25 \
+    sparsity.update_stop=20000 "${cap_extra[@]}" --dense-last ${capflag[@]+"${capflag[@]}"} --steps "${CAP_STEPS:-50}"
 done
 
 echo
@@ -77,7 +83,8 @@ from smet.bench.records import amortised  # noqa: E402
 print("| part | model | method | d | materialize | index | fused bwd | moments | tokens/s | amortised ΔT=100 | vs dense | "
       "update step ms (drop) | MFU dense | peak GiB | static GiB | B/act w (sparse layers) | final loss | cap GiB |")
 print("|" + "---|" * 18)
-parts = load_parts(out, ("s130", "s350", "l130", "l350", "captiny", "cap7b", "cap13b", "s", "ltiny", "stiny"))
+parts = load_parts(out, ("s130", "s350", "l130", "l350", "captiny", "cap7b", "cap13b", "big30b", "big65bd1",
+                         "big30bd1", "big13b", "s", "ltiny", "stiny"))
 base = {}
 for part, recs in parts.items():
     for r in recs:
@@ -90,7 +97,8 @@ for part, recs in parts.items():
         b = base.get(m["name"])
         tps = r["tokens_per_s"]
         # amortised over an update every 100 steps, from the measured steady and update step times
-        am = amortised(tps * r["step_time_s"], r["step_time_s"], r.get("update_step_time_s"), 100) if tps else None
+        am = (amortised(tps * r["step_time_s"], r["step_time_s"], r.get("update_step_time_s"), 100,
+                        r.get("after_update_step_time_s")) if tps else None)
         if r["oom"] or r["skipped"] or not tps:
             speed = ("OOM" if r["oom"] else "skipped") + " | - | - | - | -"
         else:

@@ -26,8 +26,8 @@ def _cli(name: str) -> list[str]:
 def bench_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "tmp.json"
     cmd = _cli("smet-bench") + ["model=tiny", "sparsity=dense,smet", "sparsity.density=0.5", "data.batch_size=2",
-                                "data.seq_len=32", "data.tokenizer.vocab_size=512", "sparsity.update_interval=2",
-                                "--device", "cpu", "--steps", "4", "--warmup-steps", "1", "--threads", "1",
+                                "data.seq_len=32", "data.tokenizer.vocab_size=512", "sparsity.update_interval=3",
+                                "--device", "cpu", "--steps", "6", "--warmup-steps", "1", "--threads", "1",
                                 "--out", str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -56,20 +56,23 @@ def test_bench_records(bench_run):
     assert tables > 0 and tables % 1024 == 0
     assert smet["bytes_per_active_weight"] == pytest.approx(21.0 + tables / smet["active_weights"])
     assert 16.0 <= dense["bytes_per_active_weight"] < 16.01
-    # topology updates happened (interval 2) and were timed separately
+    # topology updates happened (interval 3) and were timed separately, as was the step after each
     assert smet["n_update_steps"] >= 1 and smet["update_step_time_s"] > 0
+    assert smet["n_after_update_steps"] >= 1 and smet["after_update_step_time_s"] > 0
+    assert smet["n_timed_steps"] + smet["n_update_steps"] + smet["n_after_update_steps"] == 6
+    assert dense["n_after_update_steps"] == 0 and dense["after_update_step_time_s"] is None
     assert dense["update_step_time_s"] is None
     # the drop fraction each timed update used: the cosine 0.2 -> 0.005 over the bench's short horizon
-    # (1 + 4 + 2 steps), updates at steps 2 and 4 (sparsity.update_stop=<run length> times the early value)
+    # (1 + 6 + 2 steps), updates at steps 3 and 6 (sparsity.update_stop=<run length> times the early value)
     from smet.sparse.schedules import DropSchedule
 
-    drop = DropSchedule("cosine", 0.2, 0.005, 0, 7)
-    assert smet["update_drop_fraction"] == pytest.approx([drop(4), drop(2)]) and dense["update_drop_fraction"] is None
+    drop = DropSchedule("cosine", 0.2, 0.005, 0, 9)
+    assert smet["update_drop_fraction"] == pytest.approx([drop(6), drop(3)]) and dense["update_drop_fraction"] is None
     assert smet["config"]["sparsity"]["method"] == "smet" and smet["config"]["optimizer"]["reset_local_step"] is True
     # the composed sections and the point's overrides travel with the record
     assert smet["config"]["overrides"] == ["sparsity=smet", "model=tiny", "sparsity.density=0.5", "data.batch_size=2",
                                            "data.seq_len=32", "data.tokenizer.vocab_size=512",
-                                           "sparsity.update_interval=2"]
+                                           "sparsity.update_interval=3"]
     assert smet["config"]["optimizer"]["regrowth_warmup_steps"] == 100 and smet["config"]["model"]["name"] == "tiny"
     assert dense["config"]["sparsity"] == {"method": "dense", "density": 1.0} and smet["dense_reference"] == "dense"
     assert "| dense |" in stdout and "smet/dense tokens/s at d=0.5" in stdout and "SYNTHETIC" in stdout
@@ -87,12 +90,14 @@ def test_from_json_reamortizes_measured_times(bench_run, tmp_path):
     assert r.returncode == 0, r.stderr
     smet = records[1]
     tokens = 2 * 32
-    want = tokens / (smet["step_time_s"] + max(smet["update_step_time_s"] - smet["step_time_s"], 0) / 100)
+    step = smet["step_time_s"]  # the update step's and the after-update step's extra times, over 100 steps
+    want = tokens / (step + (max(smet["update_step_time_s"] - step, 0)
+                             + max(smet["after_update_step_time_s"] - step, 0)) / 100)
     from smet.bench.records import reamortize
 
     again = reamortize(records, 100)
     assert again[1]["tokens_per_s_amortised"] == pytest.approx(want, rel=1e-9)
-    assert again[1]["amortize_interval"] == 100 and records[1]["amortize_interval"] == 2
+    assert again[1]["amortize_interval"] == 100 and records[1]["amortize_interval"] == 3
     assert again[0]["tokens_per_s_amortised"] == pytest.approx(records[0]["tokens_per_s"])  # dense: no updates
     assert f"{want:,.0f}" in md.read_text() and "every 100 steps" in r.stdout
     bad = subprocess.run(_cli("smet-bench") + ["--from-json", str(tmp_path / "missing.json")], capture_output=True,
@@ -224,7 +229,7 @@ def test_bench_records_oom_and_continues(interleave):
                 raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate 96.00 GiB. (step {self.step})")
             return super().train_step(x, y, measure)
 
-    args, runs = _prepare("sparsity=dense,smet", "sparsity.density=0.5", "sparsity.update_interval=2", "--steps", "4",
+    args, runs = _prepare("sparsity=dense,smet", "sparsity.density=0.5", "sparsity.update_interval=3", "--steps", "4",
                           "--warmup-steps", "1", "--interleave", interleave, "--rounds", "1")
     records = run_bench(runs, args, run_cls=DenseOOMs)
     dense, smet = records
@@ -247,7 +252,7 @@ def test_mfu_columns_follow_the_training_definition(tmp_path):
     assert callbacks.mfu is mfu  # Lightning's ThroughputMonitor uses the very same function
     out = tmp_path / "b.json"
     assert main(["model=tiny", "sparsity=dense,smet", "sparsity.density=0.25", "data.batch_size=2", "data.seq_len=16",
-                 "data.tokenizer.vocab_size=256", "sparsity.update_interval=2", "--device", "cpu", "--steps", "3",
+                 "data.tokenizer.vocab_size=256", "sparsity.update_interval=3", "--device", "cpu", "--steps", "3",
                  "--warmup-steps", "1", "--threads", "1", "--peak-tflops", "0.5", "--out", str(out)]) == 0
     dense, smet = json.loads(out.read_text())
     cfg = LlamaConfig.from_dict(dense["config"]["model"])
@@ -353,7 +358,7 @@ def test_bench_compile_axis(tmp_path):
 
     out = tmp_path / "c.json"
     assert main(["model=tiny", "sparsity=dense,smet", "sparsity.density=0.5", "data.batch_size=1", "data.seq_len=16",
-                 "data.tokenizer.vocab_size=256", "trainer.compile=false,true", "sparsity.update_interval=2",
+                 "data.tokenizer.vocab_size=256", "trainer.compile=false,true", "sparsity.update_interval=3",
                  "--device", "cpu", "--steps", "2", "--warmup-steps", "1", "--threads", "1", "--out", str(out)]) == 0
     records = json.loads(out.read_text())
     assert [(r["method"], r["compile"]) for r in records] == [("dense", False), ("smet", False), ("dense", True),

@@ -20,9 +20,12 @@ STATIC_KEYS = ("weights", "grads", "optimizer", "metadata", "compute_copy", "buf
 STATIC_TOLERANCE = 0.05  # the issue's target: measured static state within 5 % of the memory model
 
 
-def amortised(tokens: float, step_t: float, upd_t: float | None, every: int) -> float:
-    """tokens / (median steady step + the median extra time of an update step spread over ``every`` steps)."""
-    return tokens / (step_t + (max(upd_t - step_t, 0.0) / every if upd_t else 0.0))
+def amortised(tokens: float, step_t: float, upd_t: float | None, every: int, after_t: float | None = None) -> float:
+    """tokens / (median steady step + the median extra time of an update step and of the step right
+    after it (``after_t``: the optimizer's regrown vs mature measurement, per layer) spread over
+    ``every`` steps)."""
+    extra = (max(upd_t - step_t, 0.0) if upd_t else 0.0) + (max(after_t - step_t, 0.0) if after_t else 0.0)
+    return tokens / (step_t + extra / every)
 
 
 def mfus(tokens_per_s: float | None, n_dense: int | None, n_active: int | None,
@@ -42,7 +45,8 @@ def reamortize(records: list[dict], every: int) -> list[dict]:
         r = dict(r)
         if r.get("tokens_per_s") and r.get("step_time_s"):
             tokens = r["tokens_per_s"] * r["step_time_s"]
-            r["tokens_per_s_amortised"] = amortised(tokens, r["step_time_s"], r.get("update_step_time_s"), every)
+            r["tokens_per_s_amortised"] = amortised(tokens, r["step_time_s"], r.get("update_step_time_s"), every,
+                                                    r.get("after_update_step_time_s"))
             r["amortize_interval"] = every
             r.update(mfus(r["tokens_per_s_amortised"], r.get("flop_params_dense"), r.get("flop_params_active"),
                           r.get("peak_flops")))
@@ -88,9 +92,11 @@ def record(run: BenchRun, o: dict, args, peak_flops: float | None = None, runs: 
     ok = o["static"] is not None and not o["oom"]
     step_t = statistics.median(times) if times and ok else float("nan")
     upd_t = statistics.median(upd) if upd and ok else None
+    after = o.get("after_update_times") or []
+    after_t = statistics.median(after) if after and ok else None
     tps = run.tokens / step_t if times and ok else None
     every = getattr(args, "amortize_interval", None) or run.update_interval
-    amort = amortised(run.tokens, step_t, upd_t, every) if tps else None
+    amort = amortised(run.tokens, step_t, upd_t, every, after_t) if tps else None
     active = active_weight_count(shapes, run.sparsity) if run.is_dense or not ok else o["active"]
     if o["n_flop_params"] is not None:
         n_dense, n_active = o["n_flop_params"]
@@ -112,10 +118,13 @@ def record(run: BenchRun, o: dict, args, peak_flops: float | None = None, runs: 
         "amortize_interval": every,
         "step_time_s": step_t,
         "update_step_time_s": upd_t,
+        # the step right after an update (it measures regrown vs mature update sizes per layer): timed
+        # apart from the steady steps, its extra time amortised with the update's
+        "after_update_step_time_s": after_t,
         # drop fraction of the timed topology updates (the cost of an update grows with it: pass
         # sparsity.update_stop=<a run's length> to time the early-run value ~0.2 in a short benchmark)
         "update_drop_fraction": sorted(set(o.get("update_drop") or [])) or None,
-        "n_timed_steps": len(times), "n_update_steps": len(upd),
+        "n_timed_steps": len(times), "n_update_steps": len(upd), "n_after_update_steps": len(after),
         "optimizer_steps": o["optimizer_steps"], "topology_updates": o["topology_updates"],
         "round_median_step_time_s": o["round_medians"],
         "build_time_s": o["build_time_s"],

@@ -114,8 +114,9 @@ def live_header(records: list[dict], args, *, device_name: str, threads: int, lo
     return (f"smet-bench: model {models} on {args.device} ({device_name}; {threads} threads; 1-min load average "
             f"{load[0]:.2f} -> {load[1]:.2f}; {wall:.0f} s), {shape_summary(records)}. "
             f"Data: SYNTHETIC random tokens. tokens/s from the median steady step; update step = a step with a "
-            f"topology update (every {update_intervals(records)}); amortised = tokens / (median step + median "
-            f"update-step extra / {every}). MFU = 6 x N x amortised tokens/s / "
+            f"topology update (every {update_intervals(records)}), timed apart with the step after it (which "
+            f"measures regrown vs mature update sizes); amortised = tokens / (median step + (median update-step "
+            f"extra + median after-update-step extra) / {every}). MFU = 6 x N x amortised tokens/s / "
             + (f"{peak / 1e12:g} TFLOP/s" if peak else "(no peak: MFU not computed)")
             + " (dense bf16 peak), N without the input embedding: 'dense' counts every weight, 'active' only "
             "the active weights of the sparse layers. Static = weights + grads + optimizer + metadata (+ compute "

@@ -22,7 +22,7 @@ from smet.bench.oom import free_memory, guarded
 
 
 def new_result() -> dict[str, Any]:
-    return {"times": {}, "update_times": [], "update_drop": [], "round_medians": [], "static": None, "peak": None,
+    return {"times": {}, "update_times": [], "after_update_times": [], "update_drop": [], "round_medians": [], "static": None, "peak": None,
             "peak_reserved": None,
             "loss": None, "active": None, "oom": None, "skipped": False, "build_time_s": None,
             "n_flop_params": None, "optimizer_steps": 0, "topology_updates": 0}
@@ -132,6 +132,7 @@ def _step_mode(runs, args, res, data, device, run_cls, fail, log) -> None:
         del run
     free_memory()
     n = len(alive)
+    after = [False] * n  # the run's previous step was a topology update
     for i in range(args.warmup_steps + args.steps):
         k = i % n
         for ci in list(range(k, n)) + list(range(k)):
@@ -145,11 +146,14 @@ def _step_mode(runs, args, res, data, device, run_cls, fail, log) -> None:
                 fail(ci, info)
                 continue
             dt, update, _ = out
+            was_after, after[ci] = after[ci], update
             if i < args.warmup_steps:
                 continue
             if update:
                 res[ci]["update_times"].append(dt)
                 res[ci]["update_drop"].append(alive[ci].last_update_drop)
+            elif was_after:
+                res[ci]["after_update_times"].append(dt)
             else:
                 res[ci]["times"][i] = dt
         if (i + 1) % 10 == 0 or i + 1 == args.warmup_steps + args.steps:
@@ -205,17 +209,21 @@ def _round_mode(runs, args, res, data, device, run_cls, fail, over_budget, log) 
                 continue
             _built(run, out)
             t_round = []
+            after = False  # the previous step was a topology update
             for i in range(args.warmup_steps + per_round[r]):
                 phase = "warm-up" if i < args.warmup_steps else f"step {i + 1}"
                 step_out, info = guarded(phase, timed_step, run, data)
                 if info:
                     break
                 dt, update, _ = step_out
+                was_after, after = after, update
                 if i < args.warmup_steps:
                     continue
                 if update:
                     out["update_times"].append(dt)
                     out["update_drop"].append(run.last_update_drop)
+                elif was_after:
+                    out["after_update_times"].append(dt)
                 else:
                     out["times"][(r, i)] = dt
                     t_round.append(dt)
