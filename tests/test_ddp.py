@@ -325,5 +325,16 @@ def test_train_ddp_smet_matches_single_process(run_train, tmp_path):
     assert st["updates"] == 3 and all(r == (0, 0, 0) for r in st["reduces"])
 
 
+@pytest.mark.slow
+def test_train_ddp_smet_rows_index_matches_single_process(run_train, tmp_path):
+    """The 2-byte row-sorted index under DDP: slots re-sorted at every update, masks (column blocks and row
+    offsets) identical on both ranks, the run equal to one process."""
+    st = _ddp_vs_single(run_train, tmp_path, ("trainer=ddp_cpu",), 8,
+                        "sparsity=smet", "sparsity.index=rows", "sparsity.update_interval=3",
+                        "optimizer.regrowth_warmup_steps=2",
+                        "sparsity.debug_check_masks=true", "trainer.max_steps=7", "trainer.val_every_n_steps=7")
+    assert st["updates"] == 2 and all(r == (0, 0, 0) for r in st["reduces"])
+
+
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "worker":
     _worker(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])

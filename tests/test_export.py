@@ -30,6 +30,9 @@ RUNS = {
     # topology updates at steps 2 and 4: regrown weights are in the export
     "smet": ("sparsity=smet", "sparsity.density=0.25", "sparsity.update_interval=2", "trainer.max_steps=5",
              "trainer.val_every_n_steps=5"),
+    # the 2-byte row-sorted index (int16 column blocks + row offsets): exported as int32 flat ids
+    "smet_rows": ("sparsity=smet", "sparsity.density=0.25", "sparsity.index=rows", "sparsity.update_interval=2",
+                  "trainer.max_steps=5", "trainer.val_every_n_steps=5"),
     # blocks of 4, a sparse lm_head, persistent dense copies and a gradual schedule (n_live < capacity)
     "set_blocks_gradual": ("sparsity=set", "sparsity.block_size=4", "sparsity.materialize=persistent",
                            "sparsity/density_schedule=gradual", "sparsity.density_schedule.initial=0.5",
@@ -122,7 +125,7 @@ def test_export_hf_and_compact(run_train, tmp_path, capsys, name):
         # active weights that are exactly 0: none here except a block regrown into a row whose gate row
         # (or down column) is empty under blocks of 4, which gets no gradient (set_blocks_gradual)
         active_zeros = int((layer._live_values() == 0).sum())
-        if name == "smet":
+        if name in ("smet", "smet_rows"):
             assert active_zeros == 0
         assert int(torch.count_nonzero(w)) == layer.n_active - active_zeros, lname
         assert not bool((w != 0)[~layer.mask()].any()), lname
@@ -152,12 +155,17 @@ def test_export_hf_and_compact(run_train, tmp_path, capsys, name):
     for lname, layer in layers.items():
         g = got_layers[lname]
         assert torch.equal(g.values, layer.values) and g.values.dtype == layer.values.dtype, lname
-        assert torch.equal(g.idx, layer.idx) and g.idx.dtype == torch.int32, lname
+        assert g.index == "flat" and g.idx.dtype == torch.int32, lname  # every export holds flat int32 ids
+        assert layer.index == ("rows" if name == "smet_rows" else "flat"), lname
+        assert torch.equal(g.block_ids(), layer.block_ids()), lname
+        if layer.index == "flat":
+            assert torch.equal(g.idx, layer.idx), lname
         assert (g.n_live, g.block_size, g.capacity, g.materialize) == (
             layer.n_live, layer.block_size, layer.capacity, layer.materialize), lname
+    index_keys = (".idx", ".cols", ".row_ptr")  # compared above through block_ids (a rows index exports flat)
     ref_sd, got_sd = ref.state_dict(), model.state_dict()
-    assert ref_sd.keys() == got_sd.keys()
-    assert all(torch.equal(ref_sd[k], got_sd[k]) for k in ref_sd)
+    assert {k for k in ref_sd if not k.endswith(index_keys)} == {k for k in got_sd if not k.endswith(index_keys)}
+    assert all(torch.equal(ref_sd[k], got_sd[k]) for k in ref_sd if not k.endswith(index_keys))
     with torch.no_grad():
         assert torch.equal(model(ids), want)
     if name == "set_blocks_gradual":  # the gradual schedule left free slots: they round-trip too

@@ -54,7 +54,8 @@ def test_rows_layer_computes_what_the_flat_layer_does(block):
     assert torch.equal(ids[perm], rows.block_ids()) and torch.equal(rows.block_ids(), ids.sort().values)
     assert torch.equal(rows.to_dense(), dense)
     sd = rows.state_dict()
-    assert set(sd) == {"values", "idx", "row_ptr"} and "row_ptr" not in flat.state_dict()
+    assert set(sd) == {"values", "cols", "row_ptr"} and sd["cols"].dtype == torch.uint8 and sd["cols"].numel() == 120
+    assert set(flat.state_dict()) == {"values", "idx"}
 
 
 def test_rows_refuses_persistent_and_long_rows():

@@ -217,7 +217,7 @@ def rebuild_rotary(model, device: torch.device | str = "cpu") -> None:
 def _sparse_specs(sd: dict, model, ckpt: dict, ckpt_path: Path, materialize: str) -> tuple[dict, list[str]]:
     """Sparse layers as the checkpoint holds them: ``<layer>.values`` + ``<layer>.idx`` pairs; block size
     = values / idx slots; ``n_live`` from the controller state (its layers are in module order)."""
-    names = [k[: -len(".idx")] for k in sd if k.endswith(".idx") and k[: -len(".idx")] + ".values" in sd]
+    names = [k.rsplit(".", 1)[0] for k in sd if k.endswith((".idx", ".cols")) and k.rsplit(".", 1)[0] + ".values" in sd]
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
     missing = [n for n in names if n not in order]
     if missing:
@@ -236,12 +236,35 @@ def _sparse_specs(sd: dict, model, ckpt: dict, ckpt_path: Path, materialize: str
                      "taken as active")
     specs = {}
     for i, n in enumerate(names):
-        cap, nv = sd[f"{n}.idx"].numel(), sd[f"{n}.values"].numel()
+        # a rows index: int16 column blocks stored as bytes (``<layer>.cols``, 2 per slot)
+        cap = sd[f"{n}.idx"].numel() if f"{n}.idx" in sd else sd[f"{n}.cols"].numel() // 2
+        nv = sd[f"{n}.values"].numel()
         if cap == 0 or nv % cap:
             raise ExportError(f"{ckpt_path}: sparse layer {n} has {nv} values for {cap} block slots")
         specs[n] = {"block_size": nv // cap, "capacity": cap, "n_live": n_live[i] if n_live else cap,
                     "materialize": materialize}
     return specs, warns
+
+
+def _flatten_rows_index(sd: dict, model, specs: dict, ckpt_path: Path) -> None:
+    """A run trained with ``sparsity.index=rows`` saves int16 column blocks (as bytes, ``<layer>.cols``)
+    + int32 row offsets (``<layer>.row_ptr``): turn them into the int32 flat block ids
+    (``<layer>.idx``) every export format uses."""
+    for n, spec in specs.items():
+        ptr = sd.pop(f"{n}.row_ptr", None)
+        if ptr is None:
+            continue
+        lin = model.get_submodule(n)
+        nb = lin.in_features // spec["block_size"]
+        n_live, cols = spec["n_live"], sd.pop(f"{n}.cols").contiguous().view(torch.int16)
+        counts = (ptr[1:] - ptr[:-1]).long()
+        if ptr.numel() != lin.out_features + 1 or int(ptr[-1]) != n_live or bool((counts < 0).any()):
+            raise ExportError(f"{ckpt_path}: sparse layer {n} has row offsets that do not match its "
+                              f"{lin.out_features} rows and {n_live} live blocks")
+        rows = torch.repeat_interleave(torch.arange(lin.out_features), counts)
+        flat = torch.zeros(cols.numel(), dtype=torch.int32)
+        flat[:n_live] = (rows * nb + cols[:n_live].long()).to(torch.int32)
+        sd[f"{n}.idx"] = flat
 
 
 def load_run(path: str | os.PathLike) -> LoadedRun:
@@ -268,6 +291,7 @@ def load_run(path: str | os.PathLike) -> LoadedRun:
     sd = _strip_prefix(ckpt["state_dict"])
     mat = str((cfg.get("sparsity") or {}).get("materialize") or "transient")
     specs, warns = _sparse_specs(sd, model, ckpt, ckpt_path, mat)
+    _flatten_rows_index(sd, model, specs, ckpt_path)
     install_sparse_layers(model, {n: dict(s, materialize="transient") for n, s in specs.items()}, ckpt_path)
     try:
         res = model.load_state_dict(sd, strict=False, assign=True)

@@ -97,12 +97,17 @@ def tensor_checksum(t: torch.Tensor) -> torch.Tensor:
 
 def layer_checksums(layers: Sequence) -> torch.Tensor:
     """(n_layers, 3) int64 on the layers' device: live count, checksum of ``idx`` (all slots, so
-    the slot order counts: optimizer state is per slot), checksum of ``values`` (exact bits)."""
+    the slot order counts: optimizer state is per slot; a ``rows`` index adds its row offsets),
+    checksum of ``values`` (exact bits)."""
     rows = []
     for layer in layers:
         dev = layer.idx.device
+        mask = tensor_checksum(layer.idx)
+        row_ptr = getattr(layer, "row_ptr", None)
+        if row_ptr is not None:
+            mask = mask * 1000003 + tensor_checksum(row_ptr).to(dev)
         rows.append(torch.stack([torch.tensor(int(layer.n_live), dtype=torch.int64, device=dev),
-                                 tensor_checksum(layer.idx), tensor_checksum(layer.values).to(dev)]))
+                                 mask, tensor_checksum(layer.values).to(dev)]))
     return torch.stack(rows)
 
 

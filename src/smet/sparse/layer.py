@@ -8,7 +8,8 @@ unstructured). ``capacity`` block slots hold the active blocks:
 
   - ``flat`` (default): int32 buffer, shape (capacity,), flat block id of each slot
     (``row * (in / b) + col // b``), slots in any order;
-  - ``rows``: int16 buffer, shape (capacity,), the column block (``col // b``) of each slot, with
+  - ``rows``: int16 (stored as the uint8 buffer ``cols`` of 2 x capacity bytes, since NCCL and gloo
+    broadcast no int16), shape (capacity,), the column block (``col // b``) of each slot, with
     the live slots sorted by (row, column) and ``row_ptr`` (int32, out + 1) the CSR offsets: row
     ``r`` owns slots ``[row_ptr[r], row_ptr[r + 1])``. 2 bytes per slot instead of 4 (issue 16);
     topology updates re-sort the slots (:meth:`SparseLinear.set_block_ids` returns the permutation
@@ -151,8 +152,8 @@ class SparseLinear(nn.Module):
         self.materialize = materialize
         factory = {"device": device, "dtype": dtype}
         self.values = nn.Parameter(torch.empty(capacity * block_size, **factory))
-        if index == "rows":
-            self.register_buffer("idx", torch.zeros(capacity, dtype=ROWS_INDEX_DTYPE, device=device))
+        if index == "rows":  # int16 ids stored as bytes: NCCL and gloo broadcast no int16 (DDP syncs buffers)
+            self.register_buffer("cols", torch.zeros(2 * capacity, dtype=torch.uint8, device=device))
             self.register_buffer("row_ptr", torch.zeros(out_features + 1, dtype=torch.int32, device=device))
         else:
             self.register_buffer("idx", torch.zeros(capacity, dtype=INDEX_DTYPE, device=device))
@@ -167,6 +168,22 @@ class SparseLinear(nn.Module):
         self.register_load_state_dict_post_hook(lambda module, keys: module.refresh_dense())
 
     # ------------------------------------------------------------------ basics
+    @property
+    def idx(self) -> torch.Tensor:
+        """The slots' index: the int32 ``idx`` buffer (``flat``), or the int16 view of the ``cols``
+        byte buffer (``rows``: column blocks, 2 bytes per slot)."""
+        bufs = self.__dict__.get("_buffers", {})
+        if "idx" in bufs:
+            return bufs["idx"]
+        if "cols" in bufs:
+            return bufs["cols"].view(ROWS_INDEX_DTYPE)
+        raise AttributeError("idx")
+
+    @property
+    def index_buffer(self) -> torch.Tensor:
+        """The registered tensor behind :attr:`idx` (what state dicts, DDP and memory accounting see)."""
+        return self._buffers["idx"] if "idx" in self._buffers else self._buffers["cols"]
+
     @property
     def density(self) -> float:
         return self.n_live / self.n_blocks_total
