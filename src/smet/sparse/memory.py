@@ -58,7 +58,11 @@ smet, int16 counters, fp32     4       4      4    4    4/b      2/b         22
 smet, int16 counters, bf16     2       2      2    2    4/b      2/b         14
 static / set / rigl, fp32      4       4      4    4    4/b      0           20
 static / set / rigl, bf16      2       2      2    2    4/b      0           12
+smet, bf16, index rows, fused  2       0      2    2    2/b      1/b         9
 =============================  ======  =====  ===  ===  =======  ==========  ==============
+
+``sparsity.index: rows`` makes the index 2 B per block slot (int16 column blocks) plus an int32
+offset per row of each layer (``4 (out + 1)`` bytes, counted exactly, negligible per weight).
 
 ``optimizer.fused_backward`` removes the grads column (0); ``optimizer.moments: 8bit`` makes m and
 v 1 + 4/256 B each for the sparse layers (smet, pure bf16, both: 9.03 B at b = 1).

@@ -107,7 +107,7 @@ class SMETOptimizer(torch.optim.Optimizer):
         self.multi_tensor = os.environ.get("SMET_MULTI_TENSOR", "1") != "0"
         self._tables: dict[tuple, dict] = {}  # device tables of tensor addresses, per batch signature
         self.last_update_stats: dict[str, float] = {}
-        self._stats: dict[str, list[float]] = {"regrown": [], "mature": []}
+        self._stats: dict[str, list] = {"regrown": [], "mature": []}  # per layer (sum, count), on the device
         # optimizer step inside backward: each parameter is updated as soon as its gradient is
         # complete, and the gradient dropped (no gradient buffer outlives its parameter's update)
         self.fused_backward = bool(fused_backward)
@@ -402,7 +402,7 @@ class SMETOptimizer(torch.optim.Optimizer):
                 self._dense_update(group)
         if self._measure:
             self._measure.clear()
-            self.last_update_stats = {k: (sum(v) / len(v) if v else float("nan")) for k, v in stats.items()}
+            self.last_update_stats = _layer_means(stats)
         self._stats = {"regrown": [], "mature": []}
         return loss
 
@@ -551,10 +551,11 @@ class SMETOptimizer(torch.optim.Optimizer):
                 is_regrown[slots] = True
             is_regrown = is_regrown[:live]
             d = delta[:live]
-            if is_regrown.any():
-                stats["regrown"].append(float(d[is_regrown].mean()))
-            if (~is_regrown).any():
-                stats["mature"].append(float(d[~is_regrown].mean()))
+            # per-layer (sum, count) on the device; step() turns them into means with ONE host sync
+            n_regrown = is_regrown.sum()
+            regrown_sum = (d * is_regrown).sum()
+            stats["regrown"].append((regrown_sum, n_regrown))
+            stats["mature"].append((d.sum() - regrown_sum, live - n_regrown))
 
     def _reference_sparse_update(self, p: torch.nn.Parameter, group: dict, st: dict, layer) -> None:
         """The update in plain PyTorch ops (CPU, and wherever the fused kernel does not apply)."""
@@ -614,6 +615,26 @@ class SMETOptimizer(torch.optim.Optimizer):
             pv.sub_((upd * step_lr).to(pv.dtype))
         if layer is not None:
             layer.sync_dense_values()
+
+
+def _layer_means(stats: dict[str, list]) -> dict[str, float]:
+    """Per key: the mean over layers of each layer's mean |update| / lr (layers with no slot of the
+    kind left out; NaN when none has one), from per-layer (sum, count) device tensors, one sync."""
+    keys = [k for k, v in stats.items() if v]
+    out = {k: float("nan") for k in stats}
+    if not keys:
+        return out
+    flat = torch.stack([torch.stack([x.float(), torch.as_tensor(c, device=x.device).float()])
+                        for k in keys for x, c in stats[k]]).tolist()
+    i = 0
+    for k in keys:
+        means = []
+        for total, count in flat[i:i + len(stats[k])]:
+            if count > 0:
+                means.append(total / count)
+        i += len(stats[k])
+        out[k] = math.fsum(means) / len(means) if means else float("nan")  # exact: layer order does not matter
+    return out
 
 
 def option_defaults() -> dict:
