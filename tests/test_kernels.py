@@ -95,3 +95,18 @@ def test_core_semantics_hold_through_the_fused_kernels():
                            str(HERE / "test_sparse_core.py")], capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout and "deselected" in proc.stdout
+
+
+@pytest.mark.slow
+@needs_triton
+def test_rows_index_through_the_fused_kernels():
+    """tests/test_rows_index.py's layer equality and constant-density training run, with every CPU tensor
+    routed through the row kernels and the one-launch SMET update (Triton interpreter): the same bits as
+    the flat index."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    env.pop("SMET_TRITON", None)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k",
+                           "layer_computes or overrides0", str(HERE / "test_rows_index.py")],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "3 passed" in proc.stdout, proc.stdout[-2000:]

@@ -147,9 +147,11 @@ if triton is not None:
             tl.store(dense_ptr + blk * B + offs % B, p_st.to(dense_ptr.dtype.element_ty), mask=live)
 
     # row-sorted index (SparseLinear index="rows"): program r handles row r, whose slots are
-    # [row_ptr[r], row_ptr[r + 1]) with int16 column-block ids ``cols``
+    # [row_ptr[r], row_ptr[r + 1]) with int16 column-block ids ``cols``; GATHER: compact <- dense
+    # (the gradient), else dense <- compact (the weight)
     @triton.jit
-    def _scatter_rows_kernel(vals_ptr, cols_ptr, row_ptr, out_ptr, row_len, B: tl.constexpr, BLOCK_SIZE: tl.constexpr):
+    def _rows_kernel(src_ptr, cols_ptr, row_ptr, dst_ptr, row_len, B: tl.constexpr, GATHER: tl.constexpr,
+                     BLOCK_SIZE: tl.constexpr):
         r = tl.program_id(0).to(tl.int64)
         e0 = tl.load(row_ptr + r).to(tl.int64) * B
         e1 = tl.load(row_ptr + r + 1).to(tl.int64) * B
@@ -157,20 +159,13 @@ if triton is not None:
             offs = start + tl.arange(0, BLOCK_SIZE)
             mask = offs < e1
             col = tl.load(cols_ptr + offs // B, mask=mask, other=0).to(tl.int64)
-            x = tl.load(vals_ptr + offs, mask=mask, other=0.0)
-            tl.store(out_ptr + r * row_len + col * B + offs % B, x.to(out_ptr.dtype.element_ty), mask=mask)
-
-    @triton.jit
-    def _gather_rows_kernel(gw_ptr, cols_ptr, row_ptr, out_ptr, row_len, B: tl.constexpr, BLOCK_SIZE: tl.constexpr):
-        r = tl.program_id(0).to(tl.int64)
-        e0 = tl.load(row_ptr + r).to(tl.int64) * B
-        e1 = tl.load(row_ptr + r + 1).to(tl.int64) * B
-        for start in range(e0, e1, BLOCK_SIZE):
-            offs = start + tl.arange(0, BLOCK_SIZE)
-            mask = offs < e1
-            col = tl.load(cols_ptr + offs // B, mask=mask, other=0).to(tl.int64)
-            g = tl.load(gw_ptr + r * row_len + col * B + offs % B, mask=mask, other=0.0)
-            tl.store(out_ptr + offs, g.to(out_ptr.dtype.element_ty), mask=mask)
+            pos = r * row_len + col * B + offs % B
+            if GATHER:
+                x = tl.load(src_ptr + pos, mask=mask, other=0.0)
+                tl.store(dst_ptr + offs, x.to(dst_ptr.dtype.element_ty), mask=mask)
+            else:
+                x = tl.load(src_ptr + offs, mask=mask, other=0.0)
+                tl.store(dst_ptr + pos, x.to(dst_ptr.dtype.element_ty), mask=mask)
 
     # regrown_below and global_step change every step: no re-compiles at multiples of 16
     @triton.jit(do_not_specialize=["regrown_below", "global_step"])
@@ -240,7 +235,8 @@ def scatter_rows(values: torch.Tensor, cols: torch.Tensor, row_ptr: torch.Tensor
     """(out, in) tensor of ``dtype``: zeros, with the live values of a row-sorted index written in
     (slot ``s`` of row ``r``, ``row_ptr[r] <= s < row_ptr[r + 1]``, at column block ``cols[s]``)."""
     w = torch.zeros(out_features, in_features, dtype=dtype, device=values.device)
-    _scatter_rows_kernel[(out_features,)](values, cols, row_ptr, w, in_features, B=block_size, BLOCK_SIZE=ROWS_BLOCK)
+    _rows_kernel[(out_features,)](values, cols, row_ptr, w, in_features, B=block_size, GATHER=False,
+                                  BLOCK_SIZE=ROWS_BLOCK)
     return w
 
 
@@ -253,7 +249,8 @@ def gather_rows(gw: torch.Tensor, cols: torch.Tensor, row_ptr: torch.Tensor, n_v
     out = torch.empty(n_values, dtype=dtype, device=gw.device)
     if n_live * block_size < n_values:
         out[n_live * block_size:].zero_()
-    _gather_rows_kernel[(out_features,)](gw, cols, row_ptr, out, in_features, B=block_size, BLOCK_SIZE=ROWS_BLOCK)
+    _rows_kernel[(out_features,)](gw, cols, row_ptr, out, in_features, B=block_size, GATHER=True,
+                                  BLOCK_SIZE=ROWS_BLOCK)
     return out
 
 
