@@ -275,28 +275,41 @@ def smet_adam_update(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch
     n = p.numel()
     if n == 0:
         return
-    ramp_code = {"none": 0, "linear": 1, "momentum": 2}[ramp]
     has_code = codes is not None
     if has_code and (births is None or local_step is not None):
         raise ValueError("codes need births, and exclude counters")
     has_lt = local_step is not None or has_code
-    per_slot = tables is not None
-    if per_slot and not has_lt:
-        raise ValueError("per-slot bias corrections need local steps")
+    dummy = p
+    t1, t2, scalars, flags = _update_args(tables, dummy, lr=lr, weight_decay=weight_decay, beta1=beta1, beta2=beta2,
+                                          eps=eps, bias_corrections=bias_corrections, block_size=block_size,
+                                          ramp=ramp, warmup_steps=warmup_steps, regrown_below=regrown_below,
+                                          step_cap=step_cap, global_step=global_step, has_lt=has_lt,
+                                          has_code=has_code, has_dense=dense is not None)
     if local_step is not None and block_size > 1:
         # several elements share a slot's counter: bump it first, so no element reads a stored value
         local_step.add_(1).clamp_(max=step_cap)
-    dummy = p
-    t1, t2 = tables if per_slot else (dummy, dummy)
-    bc1, bc2 = bias_corrections if bias_corrections is not None else (1.0, 1.0)
     _smet_adam_kernel[_grid(n)](
         p, g, m, v, codes if has_code else (local_step if has_lt else dummy), births if has_code else dummy, t1, t2,
         idx if dense is not None else dummy, dense if dense is not None else dummy,
-        n, n_live * block_size, float(lr), float(weight_decay), float(beta1), float(beta2),
-        1.0 - float(beta1), 1.0 - float(beta2), float(eps),
-        float(bc1), float(bc2), float(max(warmup_steps, 1)), int(regrown_below), int(step_cap), int(global_step),
-        B=block_size, HAS_LT=has_lt, HAS_CODE=has_code, PER_SLOT_BC=per_slot, RAMP=ramp_code if has_lt else 0,
-        HAS_WD=weight_decay != 0.0, HAS_DENSE=dense is not None, BLOCK_SIZE=BLOCK)
+        n, n_live * block_size, *scalars, **flags)
+
+
+def _update_args(tables, dummy: torch.Tensor, *, lr, weight_decay, beta1, beta2, eps, bias_corrections, block_size,
+                 ramp, warmup_steps, regrown_below, step_cap, global_step, has_lt, has_code, has_dense):
+    """What both SMET update kernels take after their tensors: the two bias-correction tables (``dummy``
+    when absent), the scalars in kernel order, and the constexpr flags."""
+    per_slot = tables is not None
+    if per_slot and not has_lt:
+        raise ValueError("per-slot bias corrections need local steps")
+    t1, t2 = tables if per_slot else (dummy, dummy)
+    bc1, bc2 = bias_corrections if bias_corrections is not None else (1.0, 1.0)
+    scalars = (float(lr), float(weight_decay), float(beta1), float(beta2), 1.0 - float(beta1), 1.0 - float(beta2),
+               float(eps), float(bc1), float(bc2), float(max(warmup_steps, 1)), int(regrown_below), int(step_cap),
+               int(global_step))
+    ramp_code = {"none": 0, "linear": 1, "momentum": 2}[ramp]
+    flags = dict(B=block_size, HAS_LT=has_lt, HAS_CODE=has_code, PER_SLOT_BC=per_slot, RAMP=ramp_code if has_lt else 0,
+                 HAS_WD=weight_decay != 0.0, HAS_DENSE=has_dense, BLOCK_SIZE=BLOCK)
+    return t1, t2, scalars, flags
 
 
 def smet_adam_update_many(items: list[tuple], tables: tuple[torch.Tensor, torch.Tensor] | None, *,
@@ -315,16 +328,17 @@ def smet_adam_update_many(items: list[tuple], tables: tuple[torch.Tensor, torch.
     """
     if not items:
         return
-    ramp_code = {"none": 0, "linear": 1, "momentum": 2}[ramp]
     first = items[0]
     p0, g0, m0, v0, lt0, codes0, births0, dense0, idx0, _ = first
     has_code = codes0 is not None
     has_counter = lt0 is not None
     has_lt = has_code or has_counter
     has_dense = dense0 is not None
-    per_slot = tables is not None
-    if per_slot and not has_lt:
-        raise ValueError("per-slot bias corrections need local steps")
+    t1, t2, scalars, flags = _update_args(tables, p0, lr=lr, weight_decay=weight_decay, beta1=beta1, beta2=beta2,
+                                          eps=eps, bias_corrections=bias_corrections, block_size=block_size,
+                                          ramp=ramp, warmup_steps=warmup_steps, regrown_below=regrown_below,
+                                          step_cap=step_cap, global_step=global_step, has_lt=has_lt,
+                                          has_code=has_code, has_dense=has_dense)
     sig = lambda t: None if t is None else t.dtype  # noqa: E731
     rows, counters = [], []
     for it in items:
@@ -351,14 +365,8 @@ def smet_adam_update_many(items: list[tuple], tables: tuple[torch.Tensor, torch.
         if cache is not None:
             cache.clear()
             cache[key] = table
-    t1, t2 = tables if per_slot else (p0, p0)
-    bc1, bc2 = bias_corrections if bias_corrections is not None else (1.0, 1.0)
     chunks = max(1, triton.cdiv(max(it[0].numel() for it in items), BLOCK))
     ltc0 = codes0 if has_code else lt0
     _smet_adam_multi_kernel[(chunks, len(items))](
         table, p0, g0, m0, v0, ltc0 if ltc0 is not None else p0, births0 if has_code else p0, t1, t2,
-        idx0 if has_dense else p0, dense0 if has_dense else p0,
-        float(lr), float(weight_decay), float(beta1), float(beta2), 1.0 - float(beta1), 1.0 - float(beta2),
-        float(eps), float(bc1), float(bc2), float(max(warmup_steps, 1)), int(regrown_below), int(step_cap),
-        int(global_step), B=block_size, HAS_LT=has_lt, HAS_CODE=has_code, PER_SLOT_BC=per_slot,
-        RAMP=ramp_code if has_lt else 0, HAS_WD=weight_decay != 0.0, HAS_DENSE=has_dense, BLOCK_SIZE=BLOCK)
+        idx0 if has_dense else p0, dense0 if has_dense else p0, *scalars, **flags)

@@ -226,7 +226,7 @@ def measure_static(model: nn.Module, optimizer: torch.optim.Optimizer | None, sp
             c.add("buffers", t)
         return c.result()
 
-    idx_bufs = [getattr(layer, "index_buffer", layer.idx) for layer in layers] + [
+    idx_bufs = [layer.index_buffer for layer in layers] + [
         layer.row_ptr for layer in layers if getattr(layer, "row_ptr", None) is not None]
     idx_ids = {id(t) for t in idx_bufs}
     copies = [layer.dense for layer in layers if getattr(layer, "dense", None) is not None]

@@ -466,26 +466,31 @@ class SMETOptimizer(torch.optim.Optimizer):
                 and st["exp_avg"].is_contiguous() and st["exp_avg_sq"].is_contiguous())
 
     def _fused_sparse_update(self, p: torch.nn.Parameter, group: dict, st: dict, layer) -> None:
-        b1, b2 = group["betas"]
-        T = st["step"]
         lt = st.get("local_step")
         codes = st.get("regrow_code")
-        tracked = lt is not None or codes is not None
-        ramp = self.warmup_shape if (tracked and self.regrowth_warmup_steps > 0) else "none"
         dense = layer.dense if layer is not None else None
         if dense is not None and not dense.is_contiguous():
             dense = None
         kernels.smet_adam_update(
             p, p.grad, st["exp_avg"], st["exp_avg_sq"], lt,
-            self._bc_table(p.device, b1, b2) if self.reset_local_step else None,
-            lr=group["lr"], weight_decay=group["weight_decay"], beta1=b1, beta2=b2, eps=group["eps"],
-            bias_corrections=None if self.reset_local_step else (1.0 - b1**T, 1.0 - b2**T),
-            block_size=group["block_size"], ramp=ramp, warmup_steps=self.regrowth_warmup_steps,
-            regrown_below=min(T, self.step_cap), step_cap=self.step_cap,
             dense=dense, idx=layer.idx if dense is not None else None, n_live=layer.n_live if layer is not None else 0,
-            codes=codes, births=st.get("regrow_birth"), global_step=T)
+            codes=codes, births=st.get("regrow_birth"),
+            **self._kernel_args(group, st["step"], lt is not None or codes is not None, p.device))
         if layer is not None and dense is None:
             layer.sync_dense_values()
+
+    def _kernel_args(self, group: dict, T: int, tracked: bool, device: torch.device) -> dict:
+        """The fused kernels' non-tensor arguments for a parameter of ``group`` at step ``T`` (``tracked``:
+        it has local steps): bias-correction tables or scalars, warm-up ramp, LR and the rest."""
+        b1, b2 = group["betas"]
+        return dict(
+            tables=self._bc_table(device, b1, b2) if self.reset_local_step else None,
+            lr=group["lr"], weight_decay=group["weight_decay"], beta1=b1, beta2=b2, eps=group["eps"],
+            bias_corrections=None if self.reset_local_step else (1.0 - b1**T, 1.0 - b2**T),
+            block_size=group["block_size"],
+            ramp=self.warmup_shape if (tracked and self.regrowth_warmup_steps > 0) else "none",
+            warmup_steps=self.regrowth_warmup_steps, regrown_below=min(T, self.step_cap), step_cap=self.step_cap,
+            global_step=T)
 
     def _batchable(self, p: torch.Tensor, group: dict) -> bool:
         """Whether ``p``'s update of this step can go into the one-launch batch of its group
@@ -499,7 +504,6 @@ class SMETOptimizer(torch.optim.Optimizer):
     def _fused_sparse_update_many(self, params: list, group: dict, gi: int) -> None:
         """The fused update of ``params`` (one group) in as few launches as their storages allow: one
         per (step count, local-step storage, dense copy, dtypes); bit-identical to one launch each."""
-        b1, b2 = group["betas"]
         batches: dict[tuple, list] = {}
         for p in params:
             st = self.state[p]
@@ -514,17 +518,10 @@ class SMETOptimizer(torch.optim.Optimizer):
             key = (st["step"],) + tuple(None if t is None else t.dtype for t in item[:9])
             batches.setdefault(key, []).append((item, layer, dense))
         for key, entries in batches.items():
-            T = key[0]
             lt0, codes0 = entries[0][0][4], entries[0][0][5]
-            tracked = lt0 is not None or codes0 is not None
-            ramp = self.warmup_shape if (tracked and self.regrowth_warmup_steps > 0) else "none"
-            cache = self._tables.setdefault((gi,) + key[1:], {})
             kernels.smet_adam_update_many(
-                [e[0] for e in entries], self._bc_table(params[0].device, b1, b2) if self.reset_local_step else None,
-                lr=group["lr"], weight_decay=group["weight_decay"], beta1=b1, beta2=b2, eps=group["eps"],
-                bias_corrections=None if self.reset_local_step else (1.0 - b1**T, 1.0 - b2**T),
-                block_size=group["block_size"], ramp=ramp, warmup_steps=self.regrowth_warmup_steps,
-                regrown_below=min(T, self.step_cap), step_cap=self.step_cap, global_step=T, cache=cache)
+                [e[0] for e in entries], cache=self._tables.setdefault((gi,) + key[1:], {}),
+                **self._kernel_args(group, key[0], lt0 is not None or codes0 is not None, params[0].device))
             for _, layer, dense in entries:
                 if layer is not None and dense is None:
                     layer.sync_dense_values()

@@ -274,17 +274,13 @@ class SparseController:
         pruned_blocks = live_blocks[pruned] if n_prune else None
         slots, keep_slots = rewrite_slots(layer, pruned, new_blocks, k_new, live_blocks)
         del live_blocks, new_blocks, score
-        if layer.index == "rows":  # slots re-sorted: the optimizer state follows, then the regrown slots
-            notify_optimizer(self._optimizer, layer, slots, keep_slots, measure=False)
-            slots = follow_sort(self._optimizer, layer, slots)
+        notify_optimizer(self._optimizer, layer, slots, keep_slots, measure=False)
+        slots = follow_sort(self._optimizer, layer, slots)  # rows index: state and slots follow the re-sort
         regrown = pack_slots(slots, layer.capacity) if n_grow else None
         if keep_slots is None and n_grow:  # constant count: a regrown block keeps its slot until pruned
             self._regrown[li] = regrown
-        if layer.index == "rows":
-            if regrown is not None and self._optimizer is not None:
-                self._optimizer.measure_next_step(layer.values, regrown)
-        else:
-            notify_optimizer(self._optimizer, layer, slots, keep_slots, measure=regrown)
+        if regrown is not None and self._optimizer is not None:  # one mask, shared with the controller
+            self._optimizer.measure_next_step(layer.values, regrown)
         if pruned_blocks is not None:  # the persistent dense copy: pruned positions back to 0
             layer.zero_dense_blocks(pruned_blocks)
         return int(n_grow)
@@ -481,19 +477,16 @@ def follow_sort(optimizer: SlotStateObserver | None, layer: SparseLinear, slots:
 
 
 def notify_optimizer(optimizer: SlotStateObserver | None, layer: SparseLinear, slots: torch.Tensor,
-                     keep_slots: torch.Tensor | None, *, measure: bool | torch.Tensor) -> None:
+                     keep_slots: torch.Tensor | None, *, measure: bool) -> None:
     """Tell the optimizer what :func:`rewrite_slots` did: ``reset_slots`` (in place) or
-    ``compact_slots`` (density change), then ``measure_next_step`` of the new slots if ``measure``
-    (True: the slot ids; a :func:`pack_slots` mask of them: that mask; False / None: no measurement)."""
+    ``compact_slots`` (density change), then ``measure_next_step`` of the new slots if ``measure``."""
     if optimizer is None:
         return
     if keep_slots is None:
         optimizer.reset_slots(layer.values, slots)
     else:
         optimizer.compact_slots(layer.values, keep_slots, layer.n_live)
-    if isinstance(measure, torch.Tensor):
-        optimizer.measure_next_step(layer.values, measure)
-    elif measure:
+    if measure:
         optimizer.measure_next_step(layer.values, slots)
 
 
