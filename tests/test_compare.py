@@ -378,7 +378,7 @@ def test_auto_group_by_splits_on_every_other_differing_key(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- paired spike vs static
 def loss_run(d: Path, method: str, seed: int, losses: dict[int, float], updates=(), density=0.25, k=10,
-             ppl=50.0) -> None:
+             ppl=50.0, precision=None) -> None:
     """A run directory as train.py writes it: per-step train/loss (row = optimizer step - 1), a
     sparsity/update row at each update u (row u - 1) and the plain sparsity/spike k steps later."""
     import yaml
@@ -393,6 +393,8 @@ def loss_run(d: Path, method: str, seed: int, losses: dict[int, float], updates=
                         "spike_window": k}}
     if method == "dense":
         cfg["sparsity"] = {"method": "dense"}
+    if precision is not None:
+        cfg["trainer"]["precision"] = precision
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
     rows = {s - 1: {"train/loss": v} for s, v in losses.items()}
     for u in updates:
@@ -468,6 +470,20 @@ def test_paired_spike_against_static_run_of_the_same_seed(tmp_path):
     assert "](paired_spike_by_method.png)" in report
     w, h = png_size(out / "paired_spike_by_method.png")
     assert w >= 600 and h >= 300
+
+
+def test_pairing_requires_the_same_precision(tmp_path):
+    """A bf16-mixed run and a bf16-true run differ in more than the method: never a pair."""
+    from smet.report.paired import attach_pairs
+
+    runs, updates = tmp_path / "runs", (20, 40)
+    loss_run(runs / "static-true", "static", 0, trend(0), precision="bf16-true")
+    loss_run(runs / "set-mixed", "set", 0, trend(0), updates, precision="bf16-mixed")
+    loss_run(runs / "set-true", "set", 0, trend(0), updates, precision="bf16-true")
+    loaded = {Path(r.source).name: r for r in map(load_run_dir, sorted(runs.iterdir()))}
+    assert attach_pairs(list(loaded.values())) == 1
+    assert Path(loaded["set-true"].paired_with.source).name == "static-true"
+    assert loaded["set-mixed"].paired_with is None and loaded["set-mixed"].paired_spikes is None
 
 
 def test_paired_spike_plot_skipped_without_static_runs(tmp_path):

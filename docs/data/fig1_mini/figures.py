@@ -24,13 +24,15 @@ from smet.report.coldstart import FLOOR_FACTOR, MIN_OFFSET, cold_start, is_smet,
 from smet.report.paired import loss_by_step, pair_key
 from smet.report.runs import discover_runs, load_run_dir
 
-ARMS = [("dense", None, "dense"), ("static", None, "static"), ("set", None, "set (naive DST)"),
-        ("rigl", None, "rigl"), ("smet", None, "smet"), ("smet", "no_warmup", "smet, W = 0"),
-        ("smet", "momentum_warmup", "smet, momentum damping")]
+ARMS = [("dense", None, False, "dense"), ("static", None, False, "static"), ("set", None, False, "set (naive DST)"),
+        ("rigl", None, False, "rigl"), ("smet", None, False, "smet"), ("smet", "no_warmup", False, "smet, W = 0"),
+        ("smet", "momentum_warmup", False, "smet, momentum damping"),
+        ("dense", None, True, "dense, bf16-mixed"), ("smet", None, True, "smet, bf16-mixed")]
 
 
 def arm(r) -> tuple:
-    return (r.method, r.cfg("sparsity.variant") or None)
+    """(method, variant, bf16-mixed?): runs of another precision are another arm (call D)."""
+    return (r.method, r.cfg("sparsity.variant") or None, str(r.cfg("trainer.precision")) == "bf16-mixed")
 
 
 def key(r) -> tuple:
@@ -88,12 +90,12 @@ def ppl_table(runs, at: int | None = None) -> str:
         p = final_ppl(r) if at is None else ppl_at(r, at)
         cell[(arm(r), float(r.cfg("optimizer.lr")))].append((int(r.cfg("seed")), p, r.steps))
     out = ["| method | " + " | ".join(f"LR {lr:g}" for lr in lrs) + " |", "|---|" + "---:|" * len(lrs)]
-    for m, v, name in ARMS:
-        if not any(a == (m, v) for a, _ in cell):
+    for m, v, mixed, name in ARMS:
+        if not any(a == (m, v, mixed) for a, _ in cell):
             continue
         row = []
         for lr in lrs:
-            xs = cell.get(((m, v), lr), [])
+            xs = cell.get(((m, v, mixed), lr), [])
             done = [p for _, p, _ in xs if p is not None]
             short = [f"s{s}: stopped at {st}" for s, p, st in xs if p is None]
             if not xs:
@@ -106,15 +108,35 @@ def ppl_table(runs, at: int | None = None) -> str:
     return "\n".join(out)
 
 
+# model keys added to the config after calls A-C: the exact loss and no activation checkpointing reproduce what
+# those runs did; `pointwise: fused` (fused rotary / norm kernels) computes the same model with other roundings.
+# Call D's seed-0 rigl / momentum-damping arms pair with call A's seed-0 smet across this code change;
+# cross_code.py measures what the change alone moves (the same runs in calls C and D).
+NEW_MODEL_KEYS = {"loss_impl": "exact", "activation_checkpointing": None, "checkpoint_every": 1,
+                  "loss_chunk_tokens": None, "pointwise": None}
+
+
+def study_key(r) -> tuple:
+    """smet.report.paired.pair_key, blind to NEW_MODEL_KEYS at their legacy values."""
+    model = dict(r.cfg("model") or {})
+    legacy = model.get("loss_impl", "exact") == "exact" and model.get("activation_checkpointing") is None
+    if not legacy:
+        return pair_key(r)
+    i = 1  # PAIR_KEYS[1] == "model"
+    k = list(pair_key(r))
+    k[i] = tuple(item for item in k[i] if not (isinstance(item, tuple) and item[0] in NEW_MODEL_KEYS))
+    return tuple(k)
+
+
 def offsets(runs):
     smets = {}
     for r in runs:
         if is_smet(r) and r.update_steps:
-            smets.setdefault(pair_key(r), r)
+            smets.setdefault(study_key(r), r)
     pairs = []
     for r in runs:
-        if is_treated(r) and pair_key(r) in smets:
-            pairs.append(cold_start(r, smets[pair_key(r)]))
+        if is_treated(r) and study_key(r) in smets:
+            pairs.append(cold_start(r, smets[study_key(r)]))
     return sorted(pairs, key=lambda c: (arm(c.treated), float(c.treated.cfg("optimizer.lr")), int(c.treated.cfg("seed"))))
 
 
@@ -185,7 +207,7 @@ def main(argv: list[str]) -> int:
     for c in pairs:
         t = c.treated
         us = list(c.offsets)
-        name = t.method + (" W=0" if t.cfg("sparsity.variant") == "no_warmup" else "")
+        name = t.method + {"no_warmup": " W=0", "momentum_warmup": " momentum damping"}.get(t.cfg("sparsity.variant"), "")
         ax.plot(us, [c.offsets[u] for u in us], marker="o", ms=3, lw=1.0,
                 ls="-" if int(t.cfg("seed")) == 0 else "--",
                 label=f"{name} − smet, LR {float(t.cfg('optimizer.lr')):g}, s{t.cfg('seed')} (floor {c.floor:.3f})")
@@ -203,15 +225,16 @@ def main(argv: list[str]) -> int:
 
     # 3. final val ppl vs LR
     fig, ax = plt.subplots(figsize=(8, 4.8))
-    for m, v, name in ARMS:
+    for m, v, mixed, name in ARMS:
         pts = defaultdict(list)
         for r in runs:
-            if arm(r) == (m, v) and (p := final_ppl(r)) is not None:
+            if arm(r) == (m, v, mixed) and (p := final_ppl(r)) is not None:
                 pts[float(r.cfg("optimizer.lr"))].append(p)
         if not pts:
             continue
         lrs = sorted(pts)
-        line, = ax.plot(lrs, [np.mean(pts[x]) for x in lrs], marker="o", label=name)
+        line, = ax.plot(lrs, [np.mean(pts[x]) for x in lrs], marker="s" if mixed else "o", ls="--" if mixed else "-",
+                        label=name)
         for x in lrs:
             if len(pts[x]) > 1:
                 ax.scatter([x] * len(pts[x]), pts[x], color=line.get_color(), s=10, alpha=0.6)

@@ -17,7 +17,7 @@ relative to not updating at all.
 
 A partner is a run with ``sparsity.method = static`` whose :func:`pair_key` equals R's: the
 :data:`PAIR_KEYS` values (seed, the whole ``model`` and ``data`` sections except paths / workers, the
-density, ``trainer.max_steps`` and the LR schedule's shape) and the EFFECTIVE peak LR of every
+density, ``trainer.max_steps``, ``trainer.precision`` and the LR schedule's shape) and the EFFECTIVE peak LR of every
 parameter group (:func:`effective_lrs`: ``optimizer.lr`` x the density scale s(d) of
 ``optimizer.lr_scaling`` where ``optimizer.lr_scaling_scope`` applies it, separately for the sparse
 layers and for the dense parameters). So a SMET run at ``optimizer.lr`` = 1e-3 with 1/d scaling of
@@ -36,8 +36,8 @@ from smet.report.runs import Run, flatten
 from smet.sparse.config import lr_scale
 
 DEFAULT_SPIKE_WINDOW = 10
-PAIR_KEYS = ("seed", "model", "data", "sparsity.density", "trainer.max_steps", "optimizer.schedule",
-             "optimizer.warmup_fraction", "optimizer.warmup_steps", "optimizer.min_lr_ratio")
+PAIR_KEYS = ("seed", "model", "data", "sparsity.density", "trainer.max_steps", "trainer.precision",
+             "optimizer.schedule", "optimizer.warmup_fraction", "optimizer.warmup_steps", "optimizer.min_lr_ratio")
 DATA_IGNORED = ("cache_dir", "num_workers", "path")
 # what smet.sparse.optimizer.option_defaults / conf/optimizer/adamw.yaml give a config that leaves a key out
 DEFAULT_LR_SCALING, DEFAULT_LR_SCALING_SCOPE = "none", "all"
