@@ -3,13 +3,12 @@
 ``python tests/kernel_check.py DEVICE`` prints one JSON object: per case, the largest differences
 between the two paths. On CPU it must run with ``TRITON_INTERPRET=1`` (set before Triton is
 imported), so the very same kernels execute in Triton's interpreter; on CUDA they are compiled.
-``SMET_TRITON`` selects the path per call (read at call time by ``smet.sparse.kernels``).
+``kernels.set_enabled`` selects the path per call (``SMET_TRITON`` is read once, at import).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import torch
@@ -20,7 +19,7 @@ from smet.sparse.optimizer import SMETOptimizer
 
 
 def _path(fused: bool) -> None:
-    os.environ["SMET_TRITON"] = "1" if fused else "0"
+    kernels.set_enabled(fused)
 
 
 def _maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -55,6 +54,43 @@ def case_scatter_gather(device: str, block: int, n_live: int, vdtype: torch.dtyp
     return {"scatter": _maxdiff(out[True][0], out[False][0]), "gather": _maxdiff(out[True][1], out[False][1]),
             "dtypes_match": out[True][0].dtype == out[False][0].dtype and out[True][1].dtype == out[False][1].dtype,
             "free_slots_zero": bool((out[True][1][n_live * block:] == 0).all())}
+
+
+def case_rows_zero_fill(device: str, block: int, dtype: torch.dtype, in_features: int, last_empty: bool) -> dict:
+    """The one-launch row scatter writes its own zeros: into a NaN-filled ``out`` and into a fresh
+    ``torch.empty`` taken right after a NaN-filled tensor of the same size was freed (on CUDA the caching
+    allocator hands that very block back), every position outside the index must be exactly 0 and every
+    indexed one the value. Rows: 0 empty, 1 full, the rest random with empty ones among them, and the last
+    one empty or not; ``in_features`` > ROWS_BLOCK runs the zero loop over several chunks."""
+    out_f, nb = 13, in_features // block
+    g = torch.Generator().manual_seed(block * 31 + in_features + last_empty)
+    keep = torch.rand(out_f, nb, generator=g) < 0.3
+    keep[0] = False
+    keep[1] = True
+    keep[4:6] = False
+    keep[-1] = False if last_empty else keep[-1] | (torch.arange(nb) == nb - 1)
+    ids = keep.reshape(-1).nonzero().squeeze(1)
+    n = ids.numel()
+    layer = SparseLinear(in_features, out_f, n_active_blocks=n, block_size=block, capacity=n + 3, index="rows")
+    layer.set_block_ids(ids)
+    # nonzero values, exact in bf16 (the interpreter truncates fp32 -> bf16: no rounding to compare)
+    vals = (torch.rand(layer.values.numel(), generator=g) + 0.5).to(torch.bfloat16).float()
+    layer.values.data.copy_(vals)
+    layer = layer.to(device)
+    ref = layer.to_dense(dtype)  # zeros with the live values (PyTorch)
+    live = layer.mask()
+    args = (layer.values, layer.idx[:n], layer.row_ptr, out_f, in_features, block, dtype)
+    nan = torch.full((out_f, in_features), float("nan"), dtype=dtype, device=device)
+    into = kernels.scatter_rows(*args, out=nan)
+    poison = torch.full((out_f, in_features), float("nan"), dtype=dtype, device=device)
+    del poison
+    fresh = kernels.scatter_rows(*args)
+    res = {"n_empty_rows": int((~keep).all(1).sum()) >= 3, "into_is_out": into.data_ptr() == nan.data_ptr()}
+    for name, w in (("into_nan", into), ("fresh", fresh)):
+        res[f"{name}_zeros_exact"] = bool((w[~live] == 0).all())
+        res[f"{name}_values_exact"] = bool((w[live] == ref[live]).all())
+        res[f"{name}_equal_reference"] = bool(torch.equal(w, ref))
+    return res
 
 
 def _opt_run(device: str, fused: bool, *, block: int, dtype: torch.dtype, materialize: str, steps: int,
@@ -150,6 +186,9 @@ def main() -> None:
         res[f"sg_b{b}_bf16_copy"] = case_scatter_gather(device, b, 33, torch.bfloat16, torch.bfloat16)
         res[f"sg_rows_b{b}_f32_cast_bf16"] = case_scatter_gather(device, b, 50, torch.float32, torch.bfloat16, "rows")
         res[f"sg_rows_b{b}_bf16_copy"] = case_scatter_gather(device, b, 33, torch.bfloat16, torch.bfloat16, "rows")
+        for dt, dn in ((torch.float32, "f32"), (torch.bfloat16, "bf16")):
+            for in_f, last_empty in ((64, True), (300, False)):
+                res[f"zf_rows_b{b}_{dn}_in{in_f}"] = case_rows_zero_fill(device, b, dt, in_f, last_empty)
     cfgs = {
         "smet_linear_w4": dict(regrowth_warmup_steps=4),
         "smet_momentum_w4": dict(regrowth_warmup_steps=4, warmup_shape="momentum"),

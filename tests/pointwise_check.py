@@ -2,20 +2,21 @@
 
 ``python tests/pointwise_check.py DEVICE`` prints one JSON object of largest differences. On CPU it
 must run with ``TRITON_INTERPRET=1`` (set before Triton is imported) so the same Triton kernels run in
-the interpreter; on CUDA they are compiled. ``SMET_TRITON=0`` selects the fallback per call.
+the interpreter; on CUDA they are compiled. ``kernels.set_enabled(False)`` selects the fallback per call
+(``SMET_TRITON`` is read once, at import).
 Used by tests/test_pointwise.py (CPU) and scripts/gpu-issue15-pointwise.sh (CUDA).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import torch
 
 from smet.models import pointwise as pw
 from smet.models.llama import LlamaConfig, LlamaForCausalLM
+from smet.sparse import kernels
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -24,7 +25,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _run(fn, fused: bool, *inputs: torch.Tensor):
-    os.environ["SMET_TRITON"] = "1" if fused else "0"
+    kernels.set_enabled(fused)
     xs = [x.detach().clone().requires_grad_() for x in inputs]
     out = fn(*xs)
     g = torch.randn(out.shape, generator=torch.Generator().manual_seed(7)).to(out.device, out.dtype)
@@ -45,12 +46,12 @@ def ops(device: str, dtype: torch.dtype) -> dict:
     for name, q in (("rope", r(2, 37, 5, 32)), ("rope_strided", r(2, 5, 37, 32).transpose(1, 2))):
         def f(q):
             return pw.rope(q, cos, sin)
-        os.environ["SMET_TRITON"] = "1"
+        kernels.set_enabled(True)
         q1 = q.detach().clone().requires_grad_()
         o1 = f(q1)
         g = torch.randn(o1.shape, generator=torch.Generator().manual_seed(3)).to(device, dtype)
         o1.backward(g)
-        os.environ["SMET_TRITON"] = "0"
+        kernels.set_enabled(False)
         q2 = q.detach().clone().requires_grad_()
         o2 = f(q2)
         o2.backward(g)
@@ -63,7 +64,7 @@ def ops(device: str, dtype: torch.dtype) -> dict:
 
 def model(device: str, dtype: torch.dtype) -> dict:
     """Loss and gradients of one tiny model, pointwise fused (Triton on) vs reference."""
-    os.environ["SMET_TRITON"] = "1"
+    kernels.set_enabled(True)
     base = dict(vocab_size=512, hidden_size=64, intermediate_size=176, num_layers=2, num_heads=2, max_seq_len=64)
     torch.manual_seed(0)
     ref = LlamaForCausalLM(LlamaConfig(**base)).to(device, dtype)

@@ -37,6 +37,9 @@ def _check(res: dict, bf16_rel: float, cast_abs: float, fp32_rel: float = 1e-6) 
         if name.startswith("multi_"):  # one launch for both layers vs one each: bit-identical
             assert all(r.values()), (name, r)
             continue
+        if name.startswith("zf_"):  # the row scatter's own zero fill: exact zeros and values, NaN-poisoned memory
+            assert all(r.values()), (name, r)
+            continue
         if name.startswith("sg_"):
             assert r["dtypes_match"] and r["free_slots_zero"], (name, r)
             assert r["gather"] == 0.0, (name, r)  # gathering is exact (a cast of bf16 to fp32 or a copy)

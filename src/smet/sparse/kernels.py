@@ -11,6 +11,8 @@ kernels replace them, one launch each per layer:
   positions, cast to the values' dtype, zero for free slots (one kernel);
 * :func:`scatter_rows` / :func:`gather_rows` - the same two for the 2-byte row-sorted index
   (``SparseLinear(index="rows")``: int16 column-block ids + int32 row offsets), one program per row;
+  the scatter is ONE launch, zeros included (each program zero-fills its own row before writing
+  the row's values; no memset);
 * :func:`smet_adam_update` - the whole per-slot SMET update of section 3 of the method (moments,
   local step from a 1-byte regrowth code or a saturating int16 counter, linear or momentum warm-up
   of regrown slots, per-slot bias corrections from the exact fp32 table, decoupled weight decay,
@@ -24,7 +26,8 @@ interpreter and on CUDA). The reference path stays in use where these kernels do
 tensors, no Triton, under ``torch.compile`` tracing (Inductor fuses the reference ops itself),
 a step cap beyond int16 (int32 counters), and the optimizer step that measures regrown vs mature
 update sizes.
-Set ``SMET_TRITON=0`` to force the reference path everywhere.
+Set ``SMET_TRITON=0`` to force the reference path everywhere (read once, when this module is
+imported; :func:`set_enabled` switches it at run time).
 """
 
 from __future__ import annotations
@@ -44,19 +47,35 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 BLOCK = 1024
 
 
+# read once at import (usable() runs a few times per layer and step: no environment lookup there);
+# set_enabled() switches the path at run time
+_ENABLED = triton is not None and os.environ.get("SMET_TRITON", "1") != "0"
+
+
 def available() -> bool:
-    return triton is not None and os.environ.get("SMET_TRITON", "1") != "0"
+    """Triton importable and the fused path on (``SMET_TRITON`` at import, or :func:`set_enabled`)."""
+    return _ENABLED
+
+
+def set_enabled(on: bool) -> bool:
+    """Switch the fused path on or off at run time (no effect without Triton); returns the previous
+    setting. For checks that compare both paths in one process; ``SMET_TRITON`` is read at import only."""
+    global _ENABLED
+    prev = _ENABLED
+    _ENABLED = bool(on) and triton is not None
+    return prev
 
 
 def usable(*tensors: torch.Tensor) -> bool:
     """Whether the fused kernels run for these tensors (CUDA, or CPU under TRITON_INTERPRET=1)."""
-    if not available():
-        return False
-    if _compiling():
+    if not _ENABLED or _compiling():
         return False
     if INTERPRET:
         return True
-    return all(t.is_cuda for t in tensors)
+    for t in tensors:
+        if not t.is_cuda:
+            return False
+    return True
 
 
 def _compiling() -> bool:
@@ -148,11 +167,21 @@ if triton is not None:
 
     # row-sorted index (SparseLinear index="rows"): program r handles row r, whose slots are
     # [row_ptr[r], row_ptr[r + 1]) with int16 column-block ids ``cols``; GATHER: compact <- dense
-    # (the gradient), else dense <- compact (the weight)
+    # (the gradient), else dense <- compact (the weight). Scattering, program r owns dense row r
+    # exclusively: it zero-fills the row itself (the output comes from torch.empty, no memset launch),
+    # then writes the live values over the zeros
     @triton.jit
     def _rows_kernel(src_ptr, cols_ptr, row_ptr, dst_ptr, row_len, B: tl.constexpr, GATHER: tl.constexpr,
                      BLOCK_SIZE: tl.constexpr):
         r = tl.program_id(0).to(tl.int64)
+        if not GATHER:
+            row0 = dst_ptr + r * row_len
+            zero = tl.zeros([BLOCK_SIZE], dtype=dst_ptr.dtype.element_ty)
+            for start in range(0, row_len, BLOCK_SIZE):
+                offs = start + tl.arange(0, BLOCK_SIZE)
+                tl.store(row0 + offs, zero, mask=offs < row_len)
+            # every thread's zero stores land before any value store to the same addresses
+            tl.debug_barrier()
         e0 = tl.load(row_ptr + r).to(tl.int64) * B
         e1 = tl.load(row_ptr + r + 1).to(tl.int64) * B
         for start in range(e0, e1, BLOCK_SIZE):
@@ -231,10 +260,18 @@ ROWS_BLOCK = 256
 
 
 def scatter_rows(values: torch.Tensor, cols: torch.Tensor, row_ptr: torch.Tensor, out_features: int,
-                 in_features: int, block_size: int, dtype: torch.dtype) -> torch.Tensor:
+                 in_features: int, block_size: int, dtype: torch.dtype, *,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
     """(out, in) tensor of ``dtype``: zeros, with the live values of a row-sorted index written in
-    (slot ``s`` of row ``r``, ``row_ptr[r] <= s < row_ptr[r + 1]``, at column block ``cols[s]``)."""
-    w = torch.zeros(out_features, in_features, dtype=dtype, device=values.device)
+    (slot ``s`` of row ``r``, ``row_ptr[r] <= s < row_ptr[r + 1]``, at column block ``cols[s]``).
+    One launch: the kernel writes the zeros too. ``out``: a contiguous (out, in) tensor of ``dtype``
+    to write into, whatever it holds (tests pass a NaN-filled one; default: a fresh ``torch.empty``)."""
+    if out is None:
+        w = torch.empty(out_features, in_features, dtype=dtype, device=values.device)
+    else:
+        if out.shape != (out_features, in_features) or out.dtype != dtype or not out.is_contiguous():
+            raise ValueError("scatter_rows: out must be a contiguous (out, in) tensor of the compute dtype")
+        w = out
     _rows_kernel[(out_features,)](values, cols, row_ptr, w, in_features, B=block_size, GATHER=False,
                                   BLOCK_SIZE=ROWS_BLOCK)
     return w

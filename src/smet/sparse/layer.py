@@ -328,8 +328,8 @@ class SparseLinear(nn.Module):
         b = self.block_size
         if self.index == "rows":
             if kernels.usable(values):
-                return kernels.scatter_rows(values, bidx, self.row_ptr, self.out_features, self.in_features, b,
-                                            dtype).view(self.n_blocks_total, b)
+                return kernels.scatter_rows(values, bidx, self._buffers["row_ptr"], self.out_features,
+                                            self.in_features, b, dtype).view(self.n_blocks_total, b)
             bidx = self.block_ids()
         elif kernels.usable(values):
             return kernels.scatter_dense(values, bidx, self.n_blocks_total, b, dtype)
@@ -341,8 +341,9 @@ class SparseLinear(nn.Module):
     def _gather_grad(self, gw: torch.Tensor, bidx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         if self.index == "rows":
             if kernels.usable(gw):
-                return kernels.gather_rows(gw.view(self.out_features, self.in_features), bidx, self.row_ptr,
-                                           values.numel(), bidx.numel(), self.block_size, values.dtype)
+                return kernels.gather_rows(gw.view(self.out_features, self.in_features), bidx,
+                                           self._buffers["row_ptr"], values.numel(), bidx.numel(), self.block_size,
+                                           values.dtype)
             bidx = self.block_ids()
         elif kernels.usable(gw):
             return kernels.gather_grad(gw, bidx, values.numel(), self.block_size, values.dtype)
