@@ -18,7 +18,7 @@
 # everything (copy only the tarball and summary.md back: the device tool returns few files).
 # Usage: scripts/gpu-issue15-16.sh OUT_DIR [python=python3]
 # Environment: BUDGET (seconds, default 480), DEVICE (cuda), PARTS (all), VOCAB (32000), BATCH (128), SEQ (256),
-#   SMALL ("130m 350m"; empty: none), LEAN (1; 0 skips the l parts), LEAN_GRID (the l parts' smet overrides,
+#   SMALL ("130m 350m"; empty: none), TRANSIENT (empty; e.g. "130m 350m": the t parts), TRANSIENT_BEFORE (0), LEAN (1; 0 skips the l parts), LEAN_GRID (the l parts' smet overrides,
 #   default "optimizer.fused_backward=false,true optimizer.moments=native,8bit"), CAPS ("7b:24 13b:40"),
 #   CAP_EXTRA (more overrides of the cap parts, e.g. sparsity.index=rows), CAP_BATCH (8), CAP_STEPS (50),
 #   STEPS (24: 8 per round of s, with an update every 8 steps: 6 steady steps, the update step and the step
@@ -46,6 +46,18 @@ read -r -a small <<< "${SMALL-130m 350m}"
 for m in "${small[@]}"; do
   part "s${m%m}" 60 model="$m" "${shape[@]}" sparsity=dense,smet sparsity.density=0.5,0.25 \
     sparsity.materialize=transient,persistent sparsity.update_interval=8 --steps "$steps"
+done
+# t<model> (TRANSIENT="130m 350m"): the transient mode only, flat vs rows index, d = 0.5 and 0.25, against dense in
+# the same process; with TRANSIENT_BEFORE=1 also t<model>nd, the same with SMET_DIRECT_LAUNCH=0 (Triton's own
+# launches for the scatter / gather kernels, as before the direct launcher)
+read -r -a transient <<< "${TRANSIENT:-}"
+for m in "${transient[@]}"; do
+  for v in "" nd; do
+    [[ -z "$v" || "${TRANSIENT_BEFORE:-0}" == 1 ]] || continue
+    SMET_DIRECT_LAUNCH=$([[ -z "$v" ]] && echo 1 || echo 0) \
+      part "t${m%m}$v" 60 model="$m" "${shape[@]}" sparsity=dense,smet sparsity.density=0.5,0.25 \
+      sparsity.materialize=transient sparsity.index=flat,rows sparsity.update_interval=8 --steps "$steps"
+  done
 done
 common=(--device "$device" --interleave round --rounds 2 --warmup-steps 3)
 [[ "${LEAN:-1}" == 1 ]] || small=()
@@ -83,18 +95,19 @@ from smet.bench.records import amortised  # noqa: E402
 print("| part | model | method | d | materialize | index | fused bwd | moments | tokens/s | amortised ΔT=100 | vs dense | "
       "update step ms (drop) | MFU dense | peak GiB | static GiB | B/act w (sparse layers) | final loss | cap GiB |")
 print("|" + "---|" * 18)
-parts = load_parts(out, ("s130", "s350", "l130", "l350", "captiny", "cap7b", "cap13b", "big30b", "big65bd1",
+parts = load_parts(out, ("s130", "s350", "t130", "t130nd", "t350", "t350nd", "l130", "l350", "captiny", "cap7b", "cap13b", "big30b", "big65bd1",
                          "big30bd1", "big13b", "s", "ltiny", "stiny"))
-base = {}
+base = {}  # "vs dense": the dense AdamW run of the same part (process) where it has one, else of the same model
 for part, recs in parts.items():
     for r in recs:
         o = r["config"]["optimizer"]
         if r["method"] == "dense" and not o.get("fused_backward") and r["tokens_per_s"]:
             base.setdefault(r["config"]["model"]["name"], r)
+            base.setdefault((part, r["config"]["model"]["name"]), r)
 for part, recs in parts.items():
     for r in recs:
         m, o = r["config"]["model"], r["config"]["optimizer"]
-        b = base.get(m["name"])
+        b = base.get((part, m["name"])) or base.get(m["name"])
         tps = r["tokens_per_s"]
         # amortised over an update every 100 steps, from the measured steady and update step times
         am = (amortised(tps * r["step_time_s"], r["step_time_s"], r.get("update_step_time_s"), 100,

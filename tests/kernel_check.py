@@ -93,6 +93,37 @@ def case_rows_zero_fill(device: str, block: int, dtype: torch.dtype, in_features
     return res
 
 
+def case_direct_launch(device: str, block: int, index: str, dtype: torch.dtype) -> dict:
+    """The direct launcher (``kernels._Direct``, from a key's second launch on) against Triton's own launch:
+    scatter and gather of one layer, bit for bit, over three calls each (the first one compiles and keys the
+    kernel, the later ones take the direct path); a second layer whose values start 2 elements into their
+    storage (not 16-byte aligned: another key) must not reuse the first one's kernel."""
+    g = torch.Generator().manual_seed(block * 13 + len(index))
+    n = 40
+    layer = SparseLinear(64, 48, n_active_blocks=n, block_size=block, capacity=n + 5, dtype=torch.float32,
+                         index=index)
+    layer.n_live = n
+    layer.set_block_ids(torch.randperm(layer.n_blocks_total, generator=g)[:n])
+    layer.values.data.copy_(torch.randn(layer.values.numel(), generator=g))
+    layer = layer.to(device)
+    bidx = layer.idx[:n]
+    gw = torch.randn(48, 64, generator=g).to(device=device, dtype=dtype)
+    odd = torch.randn(layer.values.numel() + 2, generator=g).to(device)[2:]  # misaligned storage
+    res = {}
+    outs = {}
+    for direct in (False, True):
+        prev = kernels.set_direct_launch(direct)
+        try:
+            outs[direct] = [(layer._scatter_dense(vals, bidx, dtype), layer._gather_grad(gw, bidx, vals))
+                            for vals in (layer.values, layer.values, layer.values, odd, odd)]
+        finally:
+            kernels.set_direct_launch(prev)
+    for i, ((s0, g0), (s1, g1)) in enumerate(zip(outs[False], outs[True])):
+        res[f"call{i}_scatter_equal"] = bool(torch.equal(s0, s1))
+        res[f"call{i}_gather_equal"] = bool(torch.equal(g0, g1))
+    return res
+
+
 def _opt_run(device: str, fused: bool, *, block: int, dtype: torch.dtype, materialize: str, steps: int,
              multi: bool = True, **opt_kw) -> dict:
     """Two compact layers trained ``steps`` steps on fixed random gradients with a regrowth at step 3."""
@@ -189,6 +220,8 @@ def main() -> None:
         for dt, dn in ((torch.float32, "f32"), (torch.bfloat16, "bf16")):
             for in_f, last_empty in ((64, True), (300, False)):
                 res[f"zf_rows_b{b}_{dn}_in{in_f}"] = case_rows_zero_fill(device, b, dt, in_f, last_empty)
+        for index in ("flat", "rows"):
+            res[f"dl_{index}_b{b}_bf16"] = case_direct_launch(device, b, index, torch.bfloat16)
     cfgs = {
         "smet_linear_w4": dict(regrowth_warmup_steps=4),
         "smet_momentum_w4": dict(regrowth_warmup_steps=4, warmup_shape="momentum"),

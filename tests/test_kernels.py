@@ -37,6 +37,9 @@ def _check(res: dict, bf16_rel: float, cast_abs: float, fp32_rel: float = 1e-6) 
         if name.startswith("multi_"):  # one launch for both layers vs one each: bit-identical
             assert all(r.values()), (name, r)
             continue
+        if name.startswith("dl_"):  # direct launches vs Triton's own: bit-identical, misaligned storage included
+            assert all(r.values()), (name, r)
+            continue
         if name.startswith("zf_"):  # the row scatter's own zero fill: exact zeros and values, NaN-poisoned memory
             assert all(r.values()), (name, r)
             continue
@@ -113,3 +116,56 @@ def test_rows_index_through_the_fused_kernels():
                           capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "3 passed" in proc.stdout, proc.stdout[-2000:]
+
+
+def test_direct_launcher_keys_on_what_triton_specialises(monkeypatch):
+    """kernels._Direct: the first launch of a key goes through Triton (which returns the compiled kernel), later
+    ones through that kernel's launcher; a tensor of another dtype or 16-byte alignment, an int that changes
+    between 1 / multiple of 16 / other, or another constexpr is another key. Triton's side is a stand-in here
+    (no GPU on CI); tests/kernel_check.py ``dl_*`` runs the real launcher against Triton's on CUDA."""
+    import torch
+
+    from smet.sparse import kernels
+
+    if kernels.triton is None:
+        pytest.skip("triton not importable")
+    calls = []
+
+    class Compiled:
+        function, packed_metadata = "fn", "meta"
+
+        def launch_metadata(self, *a):
+            return None
+
+        def run(self, *a):
+            calls.append(("direct", a))
+
+    class Jit:
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                calls.append(("triton", grid, args, kw))
+                return Compiled()
+            return launch
+
+    monkeypatch.setattr(kernels, "INTERPRET", False)
+    monkeypatch.setattr(kernels, "_DIRECT", True)
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda dev: 7, raising=False)
+    d = kernels._Direct(Jit())
+    x = torch.zeros(64)
+    odd = torch.zeros(65)[1:]  # 4 bytes into its storage: not 16-byte aligned
+    launches = [((x, 32), dict(B=1, BLOCK_SIZE=8)), ((x, 32), dict(B=1, BLOCK_SIZE=8)),
+                ((odd, 32), dict(B=1, BLOCK_SIZE=8)), ((x, 33), dict(B=1, BLOCK_SIZE=8)),
+                ((x, 1), dict(B=1, BLOCK_SIZE=8)), ((x, 32), dict(B=4, BLOCK_SIZE=8)),
+                ((x.bfloat16(), 32), dict(B=1, BLOCK_SIZE=8)), ((x, 48), dict(B=1, BLOCK_SIZE=8)),
+                ((odd, 32), dict(B=1, BLOCK_SIZE=8))]
+    for args, kw in launches:
+        d((3,), args, **kw)
+    assert [c[0] for c in calls] == ["triton", "direct", "triton", "triton", "triton", "triton", "triton", "direct",
+                                     "direct"]
+    grid_and_stream = calls[1][1][:4]
+    assert grid_and_stream == (3, 1, 1, 7) and calls[1][1][4:6] == ("fn", "meta")
+    assert calls[1][1][9:] == (x, 32, 1, 8)  # the args, then the constexprs in signature order
+    assert calls[7][1][9:] == (x, 48, 1, 8)
+    monkeypatch.setattr(kernels, "_DIRECT", False)
+    d((3,), (x, 32), B=1, BLOCK_SIZE=8)
+    assert calls[-1][0] == "triton"  # SMET_DIRECT_LAUNCH=0 / set_direct_launch(False): Triton every time

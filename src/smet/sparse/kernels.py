@@ -231,6 +231,67 @@ if triton is not None:
 
 TABLE_COLS = 10
 
+# Direct launches (SMET_DIRECT_LAUNCH=0 turns them off). Triton's ``kernel[grid](...)`` binds and specialises
+# every argument on every call (dtype and 16-byte alignment of each tensor; for each int whether it is 1, a
+# multiple of 16, or 64-bit) to find the compiled kernel: several microseconds of Python per launch, and the
+# transient layer launches its scatter and gather kernels per layer and step. _Direct keys the compiled
+# kernel on exactly those properties itself, lets the first launch of a key go through Triton (which compiles
+# or finds the kernel and returns it) and launches later ones through the compiled kernel's own launcher.
+_DIRECT = os.environ.get("SMET_DIRECT_LAUNCH", "1") != "0"
+
+
+def _int_spec(n: int) -> tuple:
+    return (n == 1, n % 16 == 0, n >= 2 ** 31)
+
+
+class _Direct:
+    """One ``@triton.jit`` kernel whose non-constexpr parameters are tensors or ints and come first."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.compiled: dict[tuple, object] = {}
+
+    def __call__(self, grid: tuple, args: tuple, **constexprs) -> None:
+        if not _DIRECT or INTERPRET:
+            self.fn[grid](*args, **constexprs)
+            return
+        dev = args[0].device.index  # a compiled kernel is loaded per device
+        key = (dev, *constexprs.values(), *(
+            (a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else _int_spec(a) for a in args))
+        k = self.compiled.get(key)
+        if k is None:
+            k = self.fn[grid](*args, **constexprs)  # compiles or finds the kernel, launches it, returns it
+            if k is not None and hasattr(k, "run") and hasattr(k, "packed_metadata"):
+                self.compiled[key] = k
+            return
+        stream = torch._C._cuda_getCurrentRawStream(dev)
+        enter, leave = _hooks()
+        meta = k.launch_metadata(grid, stream, *args, *constexprs.values()) if enter is not None else None
+        g1 = grid[1] if len(grid) > 1 else 1
+        g2 = grid[2] if len(grid) > 2 else 1
+        k.run(grid[0], g1, g2, stream, k.function, k.packed_metadata, meta, enter, leave, *args,
+              *constexprs.values())
+
+
+def _hooks():
+    knobs = getattr(triton, "knobs", None)
+    rt = getattr(knobs, "runtime", None)
+    return getattr(rt, "launch_enter_hook", None), getattr(rt, "launch_exit_hook", None)
+
+
+def set_direct_launch(on: bool) -> bool:
+    """Switch direct launches on or off at run time; returns the previous setting (for checks)."""
+    global _DIRECT
+    prev = _DIRECT
+    _DIRECT = bool(on)
+    return prev
+
+
+if triton is not None:
+    _scatter_direct = _Direct(_scatter_kernel)
+    _gather_direct = _Direct(_gather_kernel)
+    _rows_direct = _Direct(_rows_kernel)
+
 
 def _grid(n: int) -> tuple[int]:
     return (max(1, triton.cdiv(n, BLOCK)),)
@@ -242,7 +303,7 @@ def scatter_dense(values: torch.Tensor, bidx: torch.Tensor, n_blocks_total: int,
     w = torch.zeros(n_blocks_total, block_size, dtype=dtype, device=values.device)
     n = bidx.numel() * block_size
     if n:
-        _scatter_kernel[_grid(n)](values, bidx, w, n, B=block_size, BLOCK_SIZE=BLOCK)
+        _scatter_direct(_grid(n), (values, bidx, w, n), B=block_size, BLOCK_SIZE=BLOCK)
     return w
 
 
@@ -252,7 +313,7 @@ def gather_grad(gw: torch.Tensor, bidx: torch.Tensor, n_values: int, block_size:
     gw = gw.contiguous()
     out = torch.empty(n_values, dtype=dtype, device=gw.device)
     n_live = bidx.numel() * block_size
-    _gather_kernel[_grid(n_values)](gw, bidx, out, n_live, n_values, B=block_size, BLOCK_SIZE=BLOCK)
+    _gather_direct(_grid(n_values), (gw, bidx, out, n_live, n_values), B=block_size, BLOCK_SIZE=BLOCK)
     return out
 
 
@@ -272,8 +333,8 @@ def scatter_rows(values: torch.Tensor, cols: torch.Tensor, row_ptr: torch.Tensor
         if out.shape != (out_features, in_features) or out.dtype != dtype or not out.is_contiguous():
             raise ValueError("scatter_rows: out must be a contiguous (out, in) tensor of the compute dtype")
         w = out
-    _rows_kernel[(out_features,)](values, cols, row_ptr, w, in_features, B=block_size, GATHER=False,
-                                  BLOCK_SIZE=ROWS_BLOCK)
+    _rows_direct((out_features,), (values, cols, row_ptr, w, in_features), B=block_size, GATHER=False,
+                 BLOCK_SIZE=ROWS_BLOCK)
     return w
 
 
@@ -286,8 +347,8 @@ def gather_rows(gw: torch.Tensor, cols: torch.Tensor, row_ptr: torch.Tensor, n_v
     out = torch.empty(n_values, dtype=dtype, device=gw.device)
     if n_live * block_size < n_values:
         out[n_live * block_size:].zero_()
-    _rows_kernel[(out_features,)](gw, cols, row_ptr, out, in_features, B=block_size, GATHER=True,
-                                  BLOCK_SIZE=ROWS_BLOCK)
+    _rows_direct((out_features,), (gw, cols, row_ptr, out, in_features), B=block_size, GATHER=True,
+                 BLOCK_SIZE=ROWS_BLOCK)
     return out
 
 
