@@ -18,6 +18,7 @@
 # everything (copy only the tarball and summary.md back: the device tool returns few files).
 # Usage: scripts/gpu-issue15-16.sh OUT_DIR [python=python3]
 # Environment: BUDGET (seconds, default 480), DEVICE (cuda), PARTS (all), VOCAB (32000), BATCH (128), SEQ (256),
+#   COMPILE (false; true: torch.compile of the model in the s / t / l parts), ROUNDS (3, of the s / t parts),
 #   SMALL ("130m 350m"; empty: none), TRANSIENT (empty; e.g. "130m 350m": the t parts), TRANSIENT_BEFORE (0), LEAN (1; 0 skips the l parts), LEAN_GRID (the l parts' smet overrides,
 #   default "optimizer.fused_backward=false,true optimizer.moments=native,8bit"), CAPS ("7b:24 13b:40"),
 #   CAP_EXTRA (more overrides of the cap parts, e.g. sparsity.index=rows), CAP_BATCH (8), CAP_STEPS (50),
@@ -39,9 +40,9 @@ bench_setup
 start=$SECONDS
 PART_FLAGS=(--force)
 shape=(data.batch_size="${BATCH:-128}" data.seq_len="${SEQ:-256}" data.tokenizer.vocab_size="${VOCAB:-32000}"
-       trainer.precision="${PRECISION:-bf16-true}" trainer.compile=false model.gradient_checkpointing=false
+       trainer.precision="${PRECISION:-bf16-true}" trainer.compile="${COMPILE:-false}" model.gradient_checkpointing=false
        model.activation_checkpointing=none sparsity.update_stop=20000)
-common=(--device "$device" --interleave round --rounds 3 --warmup-steps 3)
+common=(--device "$device" --interleave round --rounds "${ROUNDS:-3}" --warmup-steps 3)
 read -r -a small <<< "${SMALL-130m 350m}"
 for m in "${small[@]}"; do
   part "s${m%m}" 60 model="$m" "${shape[@]}" sparsity=dense,smet sparsity.density=0.5,0.25 \
