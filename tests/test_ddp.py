@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from rank_workers import run_workers
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -121,12 +120,6 @@ def test_checksums_see_every_bit_and_every_position():
 
 
 # ------------------------------------------------------------------------------- plain DDP worker
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 SPARSE = {"method": "rigl", "density": 0.5, "growth": "gradient", "update_interval": 2, "drop_fraction": 0.3,
           "debug_check_masks": True}
 OPT = {"lr": 1e-2, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "regrowth_warmup_steps": 0,
@@ -223,23 +216,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:  # pragma: no c
 
 
 def _run_workers(tmp_path: Path, world: int = 2) -> list[dict]:
-    port = _free_port()
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, __file__, "worker", str(r), str(world), str(port), str(tmp_path)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-             for r in range(world)]
-    outs = []
-    for p in procs:
-        try:
-            outs.append(p.communicate(timeout=120)[0])
-        except subprocess.TimeoutExpired:  # a collective mismatch would hang: fail, don't wait forever
-            for q in procs:
-                q.kill()
-            raise AssertionError("DDP workers hung (collective order mismatch?)")
-    for p, o in zip(procs, outs):
-        assert p.returncode == 0, o[-4000:]
-    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
+    return run_workers(__file__, tmp_path, world, timeout=120, what="DDP workers")
 
 
 @pytest.mark.slow

@@ -18,21 +18,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from rank_workers import run_workers
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = [("flat", "transient", 1), ("flat", "persistent", 1), ("rows", "transient", 1), ("flat", "transient", 4)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _model(index: str, materialize: str, block: int):
@@ -87,29 +80,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:  # pragma: no c
     dist.destroy_process_group()
 
 
-def _run_workers(tmp_path: Path, world: int = 2) -> list[dict]:
-    port = _free_port()
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, __file__, "worker", str(r), str(world), str(port), str(tmp_path)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-             for r in range(world)]
-    outs = []
-    for p in procs:
-        try:
-            outs.append(p.communicate(timeout=180)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise AssertionError("FSDP workers hung")
-    for p, o in zip(procs, outs):
-        assert p.returncode == 0, o[-4000:]
-    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
-
-
 @pytest.mark.slow
 def test_compact_layer_shards_under_fsdp2_and_matches_the_unsharded_layer(tmp_path):
-    ranks = _run_workers(tmp_path)
+    ranks = run_workers(__file__, tmp_path, 2, timeout=180, what="FSDP workers")
     for rank, res in enumerate(ranks):
         assert set(res) == {f"{i}_{m}_b{b}" for i, m, b in CASES}
         for name, r in res.items():
