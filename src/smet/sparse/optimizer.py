@@ -44,7 +44,7 @@ from typing import Iterable
 import torch
 from torch.optim.adamw import adamw as _functional_adamw
 
-from smet.sparse import kernels, quant
+from smet.sparse import kernels, quant, shard
 from smet.sparse.topology import unpack_slots
 from smet.sparse.config import LOCAL_STEP_STORAGES, MOMENT_STORAGES
 from smet.sparse.config import lr_scale  # noqa: F401  (re-exported: smet.sparse.optimizer.lr_scale)
@@ -131,6 +131,7 @@ class SMETOptimizer(torch.optim.Optimizer):
     def _sparse_state(self, p: torch.Tensor, group: dict) -> dict:
         st = self.state[p]
         if not st:
+            p = shard.local(p)  # FSDP2: the state of the local slice only (smet.sparse.shard)
             st["step"] = 0
             if self.moments == "8bit":
                 st["exp_avg"], st["exp_avg_scale"] = quant.empty_state(p.numel(), True, p.device)
@@ -227,6 +228,8 @@ class SMETOptimizer(torch.optim.Optimizer):
             return
         group = next(g for g in self.param_groups if any(q is p for q in g["params"]))
         b = group["block_size"]
+        if shard.is_sharded(p):  # global slot ids -> this rank's slice
+            slots = shard.local_slots(slots, *shard.slot_range(p, b))
         if self.reset_moments:
             st["exp_avg"].view(-1, b)[slots] = 0
             st["exp_avg_sq"].view(-1, b)[slots] = 0
@@ -239,6 +242,9 @@ class SMETOptimizer(torch.optim.Optimizer):
         st = self.state.get(p)
         if not st:
             return
+        if shard.is_sharded(p):
+            raise NotImplementedError("sharded compact values: slots cannot move between ranks yet (constant "
+                                      "density and the flat index only; docs/sharding.md)")
         group = next(g for g in self.param_groups if any(q is p for q in g["params"]))
         b = group["block_size"]
         n = keep_slots.numel()
@@ -496,7 +502,7 @@ class SMETOptimizer(torch.optim.Optimizer):
         """Whether ``p``'s update of this step can go into the one-launch batch of its group
         (:func:`smet.sparse.kernels.smet_adam_update_many`): the fused kernel applies, and this is not
         the step that measures regrown vs mature update sizes."""
-        if not self.multi_tensor or p in self._measure:
+        if not self.multi_tensor or p in self._measure or shard.is_sharded(p):
             return False
         st = self._sparse_state(p, group)
         return self._fused_ok(p, st)
@@ -531,21 +537,24 @@ class SMETOptimizer(torch.optim.Optimizer):
         st["step"] += 1
         b = group["block_size"]
         measure = p in self._measure
-        old = p.detach().view(-1, b).float().clone() if measure else None
+        pl = shard.local(p)
+        old = pl.detach().view(-1, b).float().clone() if measure else None
         layer = self._layers.get(p)
-        if self._fused_ok(p, st):
+        if not shard.is_sharded(p) and self._fused_ok(p, st):
             self._fused_sparse_update(p, group, st, layer)
         else:
             self._reference_sparse_update(p, group, st, layer)
         if measure:
-            delta = (p.detach().view(-1, b).float() - old).abs().mean(1) / group["lr"]
+            delta = (pl.detach().view(-1, b).float() - old).abs().mean(1) / group["lr"]
             slots = self._measure[p]
-            live = layer.n_live if layer is not None else delta.shape[0]
-            if slots.dtype == torch.uint8:  # the controller's pack_slots bit mask
-                is_regrown = unpack_slots(slots, delta.shape[0])
+            first, n_loc = shard.slot_range(p, b)  # (0, all) unless FSDP2 sharded the values
+            live = layer.n_live if layer is not None else first + n_loc
+            live = max(0, min(n_loc, live - first))
+            if slots.dtype == torch.uint8:  # the controller's pack_slots bit mask (global slots)
+                is_regrown = unpack_slots(slots, first + n_loc)[first:]
             else:
-                is_regrown = torch.zeros(delta.shape[0], dtype=torch.bool, device=delta.device)
-                is_regrown[slots] = True
+                is_regrown = torch.zeros(n_loc, dtype=torch.bool, device=delta.device)
+                is_regrown[shard.local_slots(slots, first, n_loc) if shard.is_sharded(p) else slots] = True
             is_regrown = is_regrown[:live]
             d = delta[:live]
             # per-layer (sum, count) on the device; step() turns them into means with ONE host sync
@@ -560,7 +569,7 @@ class SMETOptimizer(torch.optim.Optimizer):
         b1, b2 = group["betas"]
         lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
         T = st["step"]
-        g = p.grad.view(-1, b)
+        g = shard.local(p.grad).view(-1, b)
         quantised = "exp_avg_scale" in st
         if quantised:  # 8-bit: decode to fp32, update, encode again at the end
             g = g.float()
@@ -603,7 +612,7 @@ class SMETOptimizer(torch.optim.Optimizer):
             quant.quantize_(m.reshape(-1), st["exp_avg"], st["exp_avg_scale"])
             quant.quantize_(v.reshape(-1), st["exp_avg_sq"], st["exp_avg_sq_scale"])
         step_lr = lr if ramp is None else ramp * lr  # python float or (slots, 1) tensor
-        pv = p.view(-1, b)
+        pv = shard.local(p).view(-1, b)
         if wd != 0.0:
             pv.mul_((1.0 - step_lr * wd) if ramp is None else (1.0 - step_lr * wd).to(pv.dtype))
         if ramp is None:

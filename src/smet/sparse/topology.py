@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from smet.sparse import distributed as sdist
+from smet.sparse import shard
 from smet.sparse.layer import SparseLinear
 from smet.sparse.schedules import DensitySchedule, DropSchedule, active_blocks, erk_densities
 
@@ -322,8 +323,9 @@ class SparseController:
 
 # ------------------------------------------------------------- update steps
 def _slot_values(layer: SparseLinear) -> torch.Tensor:
-    """The layer's values as (capacity, block_size), a view without autograd history."""
-    return layer.values.detach().view(layer.capacity, layer.block_size)
+    """The layer's values as (capacity, block_size), a view without autograd history (under FSDP2: a
+    gathered copy of the sharded values, for reading; :func:`rewrite_slots` writes the local slice)."""
+    return shard.full(layer.values.detach()).view(layer.capacity, layer.block_size)
 
 
 def block_scores(layer: SparseLinear) -> torch.Tensor:
@@ -374,9 +376,17 @@ def rewrite_slots(layer: SparseLinear, pruned: torch.Tensor, new_blocks: torch.T
     follow, the free tail is zeroed and ``layer.n_live`` becomes ``n_live``; returns (the slots of the
     new blocks, the survivors' old slots).
     """
-    vals = _slot_values(layer)
     k_old = layer.n_live
     rows = layer.index == "rows"
+    if shard.is_sharded(layer.values):  # FSDP2: constant count, flat index; zero the regrown slots of this slice
+        if rows or n_live != k_old:
+            raise NotImplementedError("sharded compact values: density changes and the rows index move slots "
+                                      "between ranks (not supported yet; docs/sharding.md)")
+        layer.idx[pruned] = new_blocks.to(layer.idx.dtype)
+        first, count = shard.slot_range(layer.values, layer.block_size)
+        shard.local(layer.values.detach()).view(-1, layer.block_size)[shard.local_slots(pruned, first, count)] = 0
+        return pruned, None
+    vals = _slot_values(layer)
     if rows:  # work on the decoded flat ids; set_block_ids re-sorts them at the end
         ids = layer.block_ids() if live_blocks is None else live_blocks.clone()
     if n_live == k_old:
