@@ -554,7 +554,7 @@ class SMETOptimizer(torch.optim.Optimizer):
                 is_regrown = unpack_slots(slots, first + n_loc)[first:]
             else:
                 is_regrown = torch.zeros(n_loc, dtype=torch.bool, device=delta.device)
-                is_regrown[shard.local_slots(slots, first, n_loc) if shard.is_sharded(p) else slots] = True
+                is_regrown[shard.local_slots(slots, first, n_loc)] = True
             is_regrown = is_regrown[:live]
             d = delta[:live]
             # per-layer (sum, count) on the device; step() turns them into means with ONE host sync
