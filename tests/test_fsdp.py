@@ -67,7 +67,13 @@ def _smet_run(rank: int, world: int, sharded: bool) -> dict:  # pragma: no cover
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_layers=2,
                                          num_heads=4, max_seq_len=16))
-    ctrl = attach_sparsity(model, SPARSE, total_steps=STEPS + 1, seed=3)
+    from smet.sparse import distributed as sdist
+
+    # debug_check_masks: every update all-gathers checksums of each layer's replicated index (sharded values
+    # exist once, so only the index can drift)
+    sparse = dict(SPARSE, growth=os.environ.get("SMET_FSDP_GROWTH", "random"), debug_check_masks=sharded)
+    calls0 = sdist.growth_reduce_calls
+    ctrl = attach_sparsity(model, sparse, total_steps=STEPS + 1, seed=3)
     if sharded:
         for block in model.model.layers:
             fully_shard(block)
@@ -97,7 +103,22 @@ def _smet_run(rank: int, world: int, sharded: bool) -> dict:  # pragma: no cover
                 rec["local_slots"].append([v.to_local().numel() for v in vals])
                 vals = [v.full_tensor() for v in vals]
             rec["values"].append([v.tolist() for v in vals])
+    if sharded:  # the guard must catch a rank whose index drifted
+        from smet.sparse.distributed import MaskMismatchError
+
+        layer = ctrl.named_layers[0][1]
+        saved = layer.idx.clone()
+        if rank == 1:
+            layer.idx[0] = (layer.idx[0] + 1) % (layer.in_features * layer.out_features)
+        try:
+            ctrl.check_ranks("(drift probe)")
+            rec["drift_caught"] = False
+        except MaskMismatchError as e:
+            rec["drift_caught"] = "mask (idx)" in str(e)
+        layer.idx.copy_(saved)
     rec["updates"] = ctrl.update_count
+    rec["growth_reduces"] = sdist.growth_reduce_calls - calls0
+    rec["n_layers"] = len(ctrl.named_layers)
     return rec
 
 
@@ -158,14 +179,20 @@ def test_compact_layer_shards_under_fsdp2_and_matches_the_unsharded_layer(tmp_pa
 
 
 @pytest.mark.slow
-def test_smet_under_fsdp2_matches_a_single_process(tmp_path, monkeypatch):
+@pytest.mark.parametrize("growth", ["random", "gradient"])
+def test_smet_under_fsdp2_matches_a_single_process(tmp_path, monkeypatch, growth):
+    """random: SMET's growth; gradient: RigL's, scored on the dense gradient summed over ranks in the backward."""
     import math
 
     monkeypatch.setenv("SMET_FSDP_TEST", "smet")
+    monkeypatch.setenv("SMET_FSDP_GROWTH", growth)
     ranks = run_workers(__file__, tmp_path, 2, timeout=300, what="FSDP workers")
     for rank, res in enumerate(ranks):
         sh, one = res["sharded"], res["single"]
         assert sh["updates"] == one["updates"] >= 2, (sh["updates"], one["updates"])
+        # RigL: one dense-gradient all-reduce per layer and update, inside the sharded backward
+        assert sh["growth_reduces"] == (sh["updates"] * sh["n_layers"] if growth == "gradient" else 0), sh
+        assert sh["drift_caught"], "sparsity.debug_check_masks missed an index that differs on rank 1"
         assert all(n < 32 * 64 for per_update in sh["local_slots"] for n in per_update)  # really sharded
         for s, (a, b) in enumerate(zip(sh["losses"], one["losses"]), start=1):
             assert math.isfinite(a) and abs(a - b) <= 1e-5 * max(1.0, abs(b)), (rank, s, a, b)

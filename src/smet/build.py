@@ -158,6 +158,29 @@ class Training:
         return train_step(self.model, self.controller, self.optimizer, x, y, step, **kw)
 
 
+def fully_shard_llama(model: nn.Module, mesh=None, controller=None) -> nn.Module:
+    """FSDP2 (``torch.distributed.fsdp.fully_shard``) over ``mesh`` (None: every rank of the default group):
+    each decoder block is one unit, the root (embedding, final norm, head) another; ``loss`` is registered as a
+    forward method (the chunked loss reads the head's weight without calling the head). Compact sparse layers
+    shard unchanged (their ``values`` along the slots, the index replicated; docs/sharding.md). Checks that no
+    block of a compact layer is split between two ranks' slices (``ValueError`` naming the layer)."""
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    from smet.sparse import shard
+
+    for block in model.model.layers:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    register_fsdp_forward_method(model, "loss")
+    if controller is not None:
+        for name, layer in controller.named_layers:
+            try:
+                shard.slot_range(layer.values, layer.block_size)
+            except ValueError as e:
+                raise ValueError(f"sparse layer {name!r}: {e}") from None
+    return model
+
+
 def build_training(cfg: Mapping[str, Any], device: torch.device | str | None, *, vocab_size: int | None = None,
                    defer: bool = False) -> Training:
     """Model + controller (+ optimizer) from a composed run config (a mapping with ``model``,

@@ -17,11 +17,33 @@ from pathlib import Path
 import torch
 
 
+DCP_META = "meta.pt"  # Lightning's ModelParallelStrategy: the non-tensor part of a distributed checkpoint
+
+
+def is_distributed(path: str | os.PathLike) -> bool:
+    """A distributed checkpoint directory (``trainer=fsdp``): ``torch.distributed.checkpoint`` shard files, their
+    ``.metadata`` and Lightning's ``meta.pt`` (the rest of the checkpoint: step, hyper-parameters, callbacks,
+    SMET's controller state); ``meta.pt`` is written last."""
+    p = Path(path)
+    return p.is_dir() and (p / DCP_META).is_file()
+
+
+def _readable(path: str | os.PathLike) -> Path:
+    """The torch file holding a checkpoint's metadata: the file itself, or a distributed checkpoint's meta.pt."""
+    p = Path(path)
+    return p / DCP_META if is_distributed(p) else p
+
+
 def checkpoint_problem(path: str | os.PathLike) -> str | None:
     """None when ``path`` is an intact torch checkpoint, else a short description of what is wrong."""
     p = Path(path)
-    if p.is_dir():  # a DeepSpeed checkpoint directory: DeepSpeed validates its own shards
-        return None if (p / "latest").is_file() else "directory without a DeepSpeed 'latest' file"
+    if p.is_dir() and not is_distributed(p):  # a DeepSpeed checkpoint directory: DeepSpeed validates its shards
+        return None if (p / "latest").is_file() else "directory without a DeepSpeed 'latest' or a distributed " \
+                                                    "checkpoint's meta.pt"
+    if p.is_dir():
+        if not (p / ".metadata").is_file():
+            return "distributed checkpoint without its .metadata (torn write)"
+        p = p / DCP_META
     try:
         if p.stat().st_size == 0:
             return "empty file"
@@ -42,7 +64,7 @@ def candidates(run_dir: str | os.PathLike) -> list[Path]:
     """Checkpoints of a run directory, newest first: last.ckpt, step checkpoints, Lightning hpc ones."""
     root = Path(run_dir)
     found = [*root.glob("checkpoints/*.ckpt"), *root.glob("hpc_ckpt_*.ckpt")]
-    usable = [p for p in found if p.is_file() or (p / "latest").is_file()]  # DeepSpeed: a directory
+    usable = [p for p in found if p.is_file() or (p / "latest").is_file() or is_distributed(p)]  # dirs: DeepSpeed, DCP
     return sorted(usable, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
@@ -59,7 +81,7 @@ def newest_intact(run_dir: str | os.PathLike) -> tuple[Path | None, list[tuple[P
 
 def read_hparams(path: str | os.PathLike) -> dict:
     """The run config stored in a checkpoint (memory-mapped; tensors are not read)."""
-    ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    ck = torch.load(_readable(path), map_location="cpu", weights_only=True, mmap=True)
     return dict(ck.get("hyper_parameters") or {})
 
 
@@ -67,9 +89,9 @@ def read_step(path: str | os.PathLike) -> int | None:
     """The optimizer step a checkpoint was written at (its ``global_step``), None for a DeepSpeed
     directory or a file without one. Memory-mapped: tensors are not read."""
     p = Path(path)
-    if p.is_dir():
+    if p.is_dir() and not is_distributed(p):
         return None
-    ck = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    ck = torch.load(_readable(p), map_location="cpu", weights_only=True, mmap=True)
     step = ck.get("global_step") if isinstance(ck, dict) else None
     return int(step) if isinstance(step, int) else None
 
@@ -79,8 +101,10 @@ def content_problem(path: str | os.PathLike) -> str | None:
     the run config in its hyper-parameters), else what it is instead. Memory-mapped: tensors are
     not read. Call after :func:`checkpoint_problem` found the file intact."""
     p = Path(path)
-    if p.is_dir():
+    if p.is_dir() and not is_distributed(p):
         return None  # DeepSpeed directory: its own loader checks it
+    dist_dir = p.is_dir()
+    p = _readable(p)
     try:
         ck = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as e:
@@ -90,7 +114,7 @@ def content_problem(path: str | os.PathLike) -> str | None:
         return f"cannot be read as a torch checkpoint ({str(e).strip().splitlines()[0][:120] if str(e).strip() else e})"
     if not isinstance(ck, dict):
         return f"holds a {type(ck).__name__}, not a training checkpoint"
-    if "state_dict" not in ck:
+    if "state_dict" not in ck and not dist_dir:  # a distributed checkpoint keeps its tensors in the shard files
         return "not a Lightning training checkpoint (no state_dict)"
     hp = ck.get("hyper_parameters")
     if not isinstance(hp, dict) or not isinstance(hp.get("cfg"), dict):
@@ -119,7 +143,12 @@ def clean_stale_temp_files(run_dir: str | os.PathLike) -> list[Path]:
             alive = True
         if not alive:
             try:
-                p.unlink()
+                if p.is_dir():  # a distributed checkpoint directory (smet.lightning.strategy)
+                    import shutil
+
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
                 removed.append(p)
             except OSError:
                 pass

@@ -255,6 +255,20 @@ def check_strategy_config(t: Mapping) -> None:
         raise SmetConfigError("trainer.strategy", f"must be a strategy name (auto, ddp, ...), got {name!r}")
     if name == "ddp":
         ddp_options(t)
+    if name == "fsdp":
+        given = get(t, "fsdp", {}) or {}
+        if not hasattr(given, "items"):
+            raise SmetConfigError("trainer.fsdp", f"must be a mapping of FSDP options, got {given!r}")
+        for key in given:
+            if key != "process_group_backend":
+                raise SmetConfigError(f"trainer.fsdp.{key}", "unknown FSDP option; choose from process_group_backend")
+        backend = given.get("process_group_backend")
+        if backend is not None and backend not in BACKENDS:
+            raise SmetConfigError("trainer.fsdp.process_group_backend", f"unknown backend {backend!r}; choose null "
+                                  f"(nccl on GPU, gloo on CPU) or {', '.join(BACKENDS)}")
+        if backend == "nccl" and str(get(t, "accelerator", "auto")) == "cpu":
+            raise SmetConfigError("trainer.fsdp.process_group_backend",
+                                  "nccl needs GPUs; use gloo (or null) with accelerator=cpu")
     if name not in STRATEGIES and not name.startswith("deepspeed"):
         raise SmetConfigError("trainer.strategy", f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
     if name.startswith("deepspeed") and name not in DEEPSPEED_STRATEGIES:
@@ -263,7 +277,34 @@ def check_strategy_config(t: Mapping) -> None:
 
 
 DEEPSPEED_STRATEGIES = ("deepspeed_stage_1", "deepspeed_stage_2")
-STRATEGIES = ("auto", "single_device", "ddp", *DEEPSPEED_STRATEGIES)
+STRATEGIES = ("auto", "single_device", "ddp", "fsdp", *DEEPSPEED_STRATEGIES)
+
+
+def check_fsdp_sparsity(cfg: Mapping) -> None:
+    """``trainer.strategy=fsdp`` (FSDP2 through Lightning's ModelParallelStrategy) shards the compact values
+    and the SMET state; what moves slots between ranks, or keeps a dense copy per rank, is not supported yet
+    (docs/sharding.md). One line naming the key, before any compute."""
+    if str(get(cfg, "trainer.strategy", "auto")) != "fsdp":
+        return
+    if get(cfg, "optimizer.fused_backward"):
+        raise SmetConfigError("optimizer.fused_backward", "true is not possible with trainer.strategy=fsdp: the "
+                                                          "sharded gradients exist only after FSDP's reduce-scatter")
+    if str(get(cfg, "sparsity.method", "dense")) == "dense":
+        return
+    if str(get(cfg, "sparsity.materialize", "transient")) != "transient":
+        raise SmetConfigError("sparsity.materialize", "persistent keeps a dense copy of every layer on every rank, "
+                                                      "which sharding cannot split: use transient with trainer=fsdp")
+    if str(get(cfg, "sparsity.index", "flat")) != "flat":
+        raise SmetConfigError("sparsity.index", "rows re-sorts slots at every update, moving them between ranks' "
+                                                "shards (not supported yet with trainer=fsdp): use flat")
+    kind = (get(cfg, "sparsity.density_schedule") or {}).get("kind", "constant")
+    if kind != "constant":
+        raise SmetConfigError("sparsity.density_schedule", f"{kind} changes the number of live slots, moving them "
+                                                           "between ranks' shards (not supported yet with "
+                                                           "trainer=fsdp): use constant")
+    if str(get(cfg, "optimizer.moments", "native")) != "native":
+        raise SmetConfigError("optimizer.moments", "8bit keeps per-block scales that do not follow FSDP's slot "
+                                                   "shards (not supported yet with trainer=fsdp): use native")
 
 
 def check_deepspeed_sparsity(strategy: str, method: str) -> None:
@@ -273,12 +314,13 @@ def check_deepspeed_sparsity(strategy: str, method: str) -> None:
         raise SmetConfigError("trainer.strategy", f"DeepSpeed ZeRO supports the dense baseline only (sparsity=dense); "
                                                   f"sparsity={method} keeps per-weight optimizer state (local steps, "
                                                   "regrowth resets) that ZeRO's flat partitions lose. Use trainer=ddp "
-                                                  "for sparse runs")
+                                                  "for sparse runs (trainer=fsdp shards their state)")
 
 
 def check_strategy(cfg: Mapping) -> None:
     check_strategy_config(get(cfg, "trainer", {}) or {})
     check_deepspeed_sparsity(str(get(cfg, "trainer.strategy", "auto")), str(get(cfg, "sparsity.method", "dense")))
+    check_fsdp_sparsity(cfg)
 
 
 CHECKS: list[Callable[[Mapping], None]] = [check_run, check_model, check_data, check_trainer, check_strategy,
@@ -320,6 +362,14 @@ def resolve_ckpt_path(ckpt: str, run_dir: str | os.PathLike | None = None) -> st
     p = Path(os.path.expanduser(ckpt))
     if p.is_dir() and (p / "latest").is_file():  # a DeepSpeed checkpoint is itself a directory
         return str(p)
+    from smet.checkpoints import is_distributed
+
+    if is_distributed(p):  # trainer=fsdp: a distributed checkpoint is a directory too
+        problem = checkpoint_problem(p) or content_problem(p)
+        if problem is not None:
+            raise SmetConfigError("ckpt_path", f"{p} is not a usable checkpoint ({problem}); pass its run directory "
+                                               "to fall back to the newest intact one")
+        return str(p)
     if p.is_dir():
         return pick(p, required=True)
     if not p.is_file():
@@ -342,7 +392,9 @@ def check_resume_compatible(ckpt_path: str, cfg: Mapping) -> None:
     """Refuse a checkpoint written by a different model or sparsity layout, naming the key."""
     from smet.checkpoints import read_hparams
 
-    if Path(ckpt_path).is_dir():  # DeepSpeed checkpoint directory: Lightning checks it while loading
+    from smet.checkpoints import is_distributed
+
+    if Path(ckpt_path).is_dir() and not is_distributed(ckpt_path):  # DeepSpeed: Lightning checks it while loading
         return
     saved = (read_hparams(ckpt_path).get("cfg") or {})
     if not saved:

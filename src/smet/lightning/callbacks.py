@@ -193,11 +193,13 @@ class SparsityCallback(L.Callback):
     # ----------------------------------------------------------- DDP trace (tests)
     def _trace_begin(self, pl_module, step: int) -> dict:
         from smet.sparse import distributed as sdist
+        from smet.sparse import shard
 
         params = list(pl_module.parameters())
         return {"step": step, "losses": self._trace_losses,
                 # exact bits of every parameter after this optimizer step, before the topology update
-                "params": [int(sdist.tensor_checksum(p)) for p in params]}
+                # (FSDP2: of the whole parameter, gathered)
+                "params": [int(sdist.tensor_checksum(shard.full(p.detach()))) for p in params]}
 
     def _trace_end(self, trace: dict, ctrl, updated: bool) -> None:
         from smet.sparse import distributed as sdist

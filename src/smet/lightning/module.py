@@ -49,6 +49,12 @@ def _plain(cfg: Any) -> dict:
     return dict(cfg)
 
 
+def _is_fsdp(strategy) -> bool:
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    return isinstance(strategy, ModelParallelStrategy)
+
+
 class LMModule(L.LightningModule):
     """Causal-LM pre-training: loss, validation perplexity, LR schedule, sparse hooks.
 
@@ -101,10 +107,21 @@ class LMModule(L.LightningModule):
         """Lightning hook (before checkpoint restore and optimizer setup): deferred init on the
         strategy's root device (each DDP rank its own GPU). Also called by ``load_from_checkpoint``
         (no trainer attached; nothing deferred there)."""
-        if not getattr(self, "_deferred_init", False):
-            return
         trainer = self._trainer
-        self.materialize(trainer.strategy.root_device if trainer is not None else torch.device("cpu"))
+        if getattr(self, "_deferred_init", False):
+            self.materialize(trainer.strategy.root_device if trainer is not None else torch.device("cpu"))
+        if trainer is not None and _is_fsdp(trainer.strategy) and not getattr(self, "_sharded", False):
+            self._shard(trainer)
+
+    def _shard(self, trainer) -> None:
+        """``trainer=fsdp``: FSDP2 over the data-parallel mesh (``smet.build.fully_shard_llama``), after the
+        precision plugin's dtype conversion (FSDP2 shards the parameters as they are then)."""
+        from smet.build import fully_shard_llama
+
+        self.model.to(trainer.strategy.root_device)
+        trainer.precision_plugin.convert_module(self.model)
+        fully_shard_llama(self.model, self.device_mesh["data_parallel"], self.sparse)
+        self._sharded = True
 
     # ------------------------------------------------------------------ training
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:

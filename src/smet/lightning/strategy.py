@@ -1,6 +1,7 @@
 """The Lightning strategy of a run: ``trainer.strategy`` plus, for ``ddp``, the ``trainer.ddp`` options.
 
-``strategy: ddp`` becomes a ``DDPStrategy`` with the defaults below (``conf/trainer/ddp.yaml``
+``strategy: fsdp`` becomes Lightning's ``ModelParallelStrategy`` with FSDP2 over all devices
+(:func:`fsdp_strategy`, ``conf/trainer/fsdp.yaml``). ``strategy: ddp`` becomes a ``DDPStrategy`` with the defaults below (``conf/trainer/ddp.yaml``
 documents them; ``trainer.ddp.<key>=...`` overrides one). Any other value (``auto``, ``deepspeed``,
 ``ddp_spawn`` ...) is handed to Lightning unchanged.
 
@@ -21,7 +22,9 @@ Why these defaults, for compact sparse layers:
 from __future__ import annotations
 
 import inspect
+import os
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Mapping
 
 # the checks live in smet.config (config validation needs no Lightning); re-exported here
@@ -34,6 +37,8 @@ def build_strategy(t: Mapping):
     """What ``L.Trainer(strategy=...)`` gets for the ``trainer`` config ``t``."""
     check_strategy_config(t)
     name = _get(t, "strategy", "auto")
+    if name == "fsdp":
+        return fsdp_strategy(t)
     if name != "ddp":
         return name
     from lightning.pytorch.strategies import DDPStrategy
@@ -50,3 +55,52 @@ def build_strategy(t: Mapping):
     if opts["timeout_s"] is not None:
         kwargs["timeout"] = timedelta(seconds=float(opts["timeout_s"]))
     return DDPStrategy(process_group_backend=opts["process_group_backend"], **kwargs)
+
+
+def fsdp_strategy(t: Mapping):
+    """FSDP2 (``fully_shard``) through Lightning's ``ModelParallelStrategy``: every device one data-parallel
+    shard (no tensor parallelism); ``LMModule.configure_model`` shards each decoder block and the root.
+    Checkpoints are distributed (a directory per checkpoint: one file per rank plus ``meta.pt``), written
+    and read through ``torch.distributed.checkpoint``, which reshards on load."""
+    backend = _get(t, "fsdp.process_group_backend", None)
+    if backend is None and str(_get(t, "accelerator", "auto")) == "cpu":
+        backend = "gloo"
+    devices = _get(t, "devices", 1)
+    world = (devices if isinstance(devices, int) else 1) * int(_get(t, "num_nodes", 1) or 1)
+    return _fsdp_strategy_class()(data_parallel_size=world, tensor_parallel_size=1, save_distributed_checkpoint=True,
+                                  process_group_backend=backend)
+
+
+def _fsdp_strategy_class():
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    class FSDP2Strategy(ModelParallelStrategy):
+        """``ModelParallelStrategy`` whose distributed checkpoints are replaced atomically: each is written
+        into ``.<name>.tmp-<pid>`` beside its final path and renamed over it once every rank's shard and
+        ``meta.pt`` are complete, so a process killed mid-write never leaves a ``last.ckpt`` directory that
+        mixes two steps (the stale temporary directory is removed at the next start,
+        ``smet.checkpoints.clean_stale_temp_files``)."""
+
+        def save_checkpoint(self, checkpoint, filepath, storage_options=None) -> None:
+            import shutil
+
+            path = Path(self.broadcast(str(filepath)))
+            pid = self.broadcast(os.getpid())
+            tmp = path.with_name(f".{path.name}.tmp-{pid}")
+            if self.is_global_zero and tmp.exists():
+                shutil.rmtree(tmp)
+            self.barrier()
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            self.barrier()
+            if self.is_global_zero:
+                old = path.with_name(f".{path.name}.old.tmp-{pid}")
+                if path.is_dir():
+                    path.rename(old)
+                elif path.exists():
+                    path.unlink()
+                tmp.rename(path)
+                if old.exists():
+                    shutil.rmtree(old)
+            self.barrier()
+
+    return FSDP2Strategy

@@ -25,7 +25,8 @@ slot i would mean a different weight on each rank). Masks are identical by const
 
 ``sparsity.debug_check_masks`` adds a cheap guard: after each topology update (and at the start of
 training) every rank all-gathers one int64 checksum per layer of (live count, ``idx``, ``values``)
-and all ranks raise :class:`MaskMismatchError`, naming the first layer that differs.
+and all ranks raise :class:`MaskMismatchError`, naming the first layer that differs. Under FSDP2
+the values are sharded (one copy of each slot exists) and only the replicated index is compared.
 """
 
 from __future__ import annotations
@@ -98,7 +99,11 @@ def tensor_checksum(t: torch.Tensor) -> torch.Tensor:
 def layer_checksums(layers: Sequence) -> torch.Tensor:
     """(n_layers, 3) int64 on the layers' device: live count, checksum of ``idx`` (all slots, so
     the slot order counts: optimizer state is per slot; a ``rows`` index adds its row offsets),
-    checksum of ``values`` (exact bits)."""
+    checksum of ``values`` (exact bits). Values sharded by FSDP2 (a DTensor) exist once, each slice
+    on one rank, so they cannot drift apart: their field is 0 and the replicated index is what is
+    compared."""
+    from smet.sparse import shard
+
     rows = []
     for layer in layers:
         dev = layer.idx.device
@@ -107,8 +112,14 @@ def layer_checksums(layers: Sequence) -> torch.Tensor:
         if row_ptr is not None:
             mask = mask * 1000003 + tensor_checksum(row_ptr).to(dev)
         rows.append(torch.stack([torch.tensor(int(layer.n_live), dtype=torch.int64, device=dev),
-                                 mask, tensor_checksum(layer.values).to(dev)]))
+                                 mask, _values_checksum(layer.values, shard).to(dev)]))
     return torch.stack(rows)
+
+
+def _values_checksum(values: torch.Tensor, shard) -> torch.Tensor:
+    if shard.is_sharded(values):
+        return torch.zeros((), dtype=torch.int64, device=shard.local(values).device)
+    return tensor_checksum(values)
 
 
 _FIELDS = ("live count", "mask (idx)", "values")

@@ -84,6 +84,7 @@ import torch
 from torch import nn
 
 from smet.sparse.config import CHECKPOINT_MODES, LOSS_IMPLS, POINTWISE_IMPLS  # noqa: F401  (also smet.sparse.memory.*)
+from smet.sparse import shard
 from smet.sparse.layer import SparseLinear
 from smet.sparse.optimizer import N_CODES, option_defaults, saturation_step
 from smet.sparse.quant import QBLOCK, n_scales
@@ -157,6 +158,7 @@ class _Counter:
     def add(self, cat: str, t: torch.Tensor | None) -> None:
         if t is None or not isinstance(t, torch.Tensor) or t.is_meta:
             return
+        t = shard.local(t)  # FSDP2: this rank's slice (the bytes this process holds)
         st = t.untyped_storage()
         key = (str(t.device), st.data_ptr(), st.nbytes())
         if st.nbytes() == 0 or key in self.seen:

@@ -264,8 +264,30 @@ class SMETOptimizer(torch.optim.Optimizer):
         if "regrow_code" in st and n_live > n:  # zeroed codes mean "mature": mark the grown ones
             self._mark_regrown(p, st, slice(n, n_live))
 
+    # per-slot / per-element state of a sparse parameter; under FSDP2 each rank holds its slice of these
+    _SLICED = {"exp_avg": "elements", "exp_avg_sq": "elements", "regrow_code": "slots", "local_step": "slots"}
+
+    def state_dict(self) -> dict:
+        """As ``torch.optim.Optimizer``'s; under FSDP2 the per-slot state of a sharded parameter (m, v, local
+        steps: this rank's slice) is returned as ``Shard(0)`` DTensors on the parameter's mesh, so that
+        ``torch.distributed.checkpoint`` saves every rank's slice (and can reshard it on load)."""
+        sd = super().state_dict()
+        params = [p for g in self.param_groups for p in g["params"]]
+        blocks = {id(p): g["block_size"] for g in self.param_groups if g["sparse"] for p in g["params"]}
+        for pid, st in sd["state"].items():
+            p = params[pid]
+            if id(p) not in blocks or not shard.is_sharded(p):
+                continue
+            st = sd["state"][pid] = dict(st)
+            for key, unit in self._SLICED.items():
+                if key in st and not shard.is_sharded(st[key]):
+                    n = p.numel() if unit == "elements" else p.numel() // blocks[id(p)]
+                    st[key] = shard.as_sharded_like(st[key], p, n)
+        return sd
+
     def load_state_dict(self, state_dict: dict) -> None:
-        """As ``torch.optim.Optimizer``'s, but local steps keep their integer dtype and bits (the base
+        """Under FSDP2 the sliced state arrives as DTensors (:meth:`state_dict`): their local slices are kept.
+        Otherwise as ``torch.optim.Optimizer``'s, but local steps keep their integer dtype and bits (the base
         class casts every non-``step`` state tensor to the parameter's float dtype: bf16 cannot even
         hold the counts above 256).
 
@@ -274,6 +296,11 @@ class SMETOptimizer(torch.optim.Optimizer):
         starts every slot mature, local step = min(saved step, step_cap), the convention of slots
         alive since initialisation (module docstring); saved local steps it does not track are dropped.
         """
+        sparse_ids = {pid for sg, g in zip(state_dict["param_groups"], self.param_groups) if g["sparse"]
+                      for pid in sg["params"]}
+        state_dict = dict(state_dict, state={pid: {k: shard.local(v) if pid in sparse_ids and k in self._SLICED
+                                                   and isinstance(v, torch.Tensor) else v for k, v in st.items()}
+                                             for pid, st in state_dict["state"].items()})
         keys = ("local_step", "regrow_code", "regrow_birth")
         saved = {pid: {k: st[k] for k in keys if k in st} for pid, st in state_dict["state"].items()}
         moments = {pid: {k: st[k] for k in MOMENT_KEYS if k in st} for pid, st in state_dict["state"].items()}
@@ -292,7 +319,7 @@ class SMETOptimizer(torch.optim.Optimizer):
                 st.pop(k, None)
             if not self.tracks_local_steps:
                 continue
-            self._restore_local_steps(st, saved.get(pid, {}), p.numel() // sparse[id(p)], p.device)
+            self._restore_local_steps(st, saved.get(pid, {}), shard.local(p).numel() // sparse[id(p)], p.device)
 
     def _restore_moments(self, st: dict, saved: dict, p: torch.Tensor) -> None:
         """m and v from a saved state of either storage into this optimizer's, dtypes and bits kept

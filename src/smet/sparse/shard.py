@@ -48,3 +48,14 @@ def local_slots(slots: torch.Tensor, first: int, count: int) -> torch.Tensor:
     """The global slot ids ``slots`` that fall in ``[first, first + count)``, as local ids."""
     keep = (slots >= first) & (slots < first + count)
     return slots[keep] - first
+
+
+def as_sharded_like(t: torch.Tensor, p: torch.Tensor, global_len: int) -> torch.Tensor:
+    """``t``, a rank-local slice of per-slot (or per-element) state of the sharded parameter ``p``, as a
+    ``Shard(0)`` DTensor of global length ``global_len`` on ``p``'s mesh: what ``torch.distributed.checkpoint``
+    needs to save every rank's slice and to reshard it on load (a plain tensor would be taken as replicated and
+    saved once). The local slices follow ``torch.chunk``'s split exactly when :func:`slot_range` holds."""
+    from torch.distributed.tensor import DTensor
+
+    return DTensor.from_local(t, p.device_mesh, p.placements, run_check=False, shape=torch.Size([global_len]),
+                              stride=(1,))
