@@ -10,12 +10,11 @@
 
 from __future__ import annotations
 
-import csv
 import json
-from pathlib import Path
 
 import pytest
 from test_ddp import FAST, _ddp_vs_single, _trace
+from test_resume import losses as _losses
 
 SMET = ("sparsity=smet", "sparsity.update_interval=3", "optimizer.regrowth_warmup_steps=2",
         "sparsity.debug_check_masks=true")
@@ -29,15 +28,6 @@ def test_train_fsdp_smet_matches_single_process(run_train, tmp_path):
     # masks across ranks are identical at every step (checked inside _ddp_vs_single). Against the single process
     # some layers' masks differ after an update, exactly as under DDP (the same counts, 24/21/10 of 28 here): fp32
     # summation order moves near-tied magnitudes, not sharding
-
-
-def _losses(run_dir: Path) -> dict[int, str]:
-    out: dict[int, str] = {}
-    with open(run_dir / "metrics.csv") as f:
-        for row in csv.DictReader(f):
-            if row.get("train/loss"):
-                out[int(row["step"])] = row["train/loss"]
-    return out
 
 
 @pytest.mark.slow
