@@ -221,6 +221,27 @@ BACKENDS = ("gloo", "nccl", "mpi", "ucc")
 _BOOL_KEYS = ("find_unused_parameters", "broadcast_buffers", "gradient_as_bucket_view", "static_graph")
 
 
+def _check_backend(t: Mapping, key: str, backend: Any) -> None:
+    if backend is not None and backend not in BACKENDS:
+        raise SmetConfigError(key, f"unknown backend {backend!r}; choose null (nccl on GPU, gloo on CPU) or "
+                                   f"{', '.join(BACKENDS)}")
+    if backend == "nccl" and str(get(t, "accelerator", "auto")) == "cpu":
+        raise SmetConfigError(key, "nccl needs GPUs; use gloo (or null) with accelerator=cpu")
+
+
+def fsdp_options(t: Mapping) -> dict[str, Any]:
+    """``trainer.fsdp`` (one option, ``process_group_backend``), checked; raises SmetConfigError naming the key."""
+    given = get(t, "fsdp", {}) or {}
+    if not hasattr(given, "items"):
+        raise SmetConfigError("trainer.fsdp", f"must be a mapping of FSDP options, got {given!r}")
+    for key in given:
+        if key != "process_group_backend":
+            raise SmetConfigError(f"trainer.fsdp.{key}", "unknown FSDP option; choose from process_group_backend")
+    backend = given.get("process_group_backend")
+    _check_backend(t, "trainer.fsdp.process_group_backend", backend)
+    return {"process_group_backend": backend}
+
+
 def ddp_options(t: Mapping) -> dict[str, Any]:
     """``trainer.ddp`` merged over :data:`DDP_DEFAULTS`, checked; raises SmetConfigError naming the key."""
     given = get(t, "ddp", {}) or {}
@@ -234,13 +255,7 @@ def ddp_options(t: Mapping) -> dict[str, Any]:
     for key in _BOOL_KEYS:
         if not isinstance(opts[key], bool):
             raise SmetConfigError(f"trainer.ddp.{key}", f"must be true or false, got {opts[key]!r}")
-    backend = opts["process_group_backend"]
-    if backend is not None and backend not in BACKENDS:
-        raise SmetConfigError("trainer.ddp.process_group_backend", f"unknown backend {backend!r}; choose null "
-                              f"(nccl on GPU, gloo on CPU) or {', '.join(BACKENDS)}")
-    if backend == "nccl" and str(get(t, "accelerator", "auto")) == "cpu":
-        raise SmetConfigError("trainer.ddp.process_group_backend",
-                              "nccl needs GPUs; use gloo (or null) with accelerator=cpu")
+    _check_backend(t, "trainer.ddp.process_group_backend", opts["process_group_backend"])
     for key in ("bucket_cap_mb", "timeout_s"):
         v = opts[key]
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
@@ -256,19 +271,7 @@ def check_strategy_config(t: Mapping) -> None:
     if name == "ddp":
         ddp_options(t)
     if name == "fsdp":
-        given = get(t, "fsdp", {}) or {}
-        if not hasattr(given, "items"):
-            raise SmetConfigError("trainer.fsdp", f"must be a mapping of FSDP options, got {given!r}")
-        for key in given:
-            if key != "process_group_backend":
-                raise SmetConfigError(f"trainer.fsdp.{key}", "unknown FSDP option; choose from process_group_backend")
-        backend = given.get("process_group_backend")
-        if backend is not None and backend not in BACKENDS:
-            raise SmetConfigError("trainer.fsdp.process_group_backend", f"unknown backend {backend!r}; choose null "
-                                  f"(nccl on GPU, gloo on CPU) or {', '.join(BACKENDS)}")
-        if backend == "nccl" and str(get(t, "accelerator", "auto")) == "cpu":
-            raise SmetConfigError("trainer.fsdp.process_group_backend",
-                                  "nccl needs GPUs; use gloo (or null) with accelerator=cpu")
+        fsdp_options(t)
     if name not in STRATEGIES and not name.startswith("deepspeed"):
         raise SmetConfigError("trainer.strategy", f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
     if name.startswith("deepspeed") and name not in DEEPSPEED_STRATEGIES:
@@ -390,9 +393,7 @@ RESUME_KEYS = ("model.hidden_size", "model.intermediate_size", "model.num_layers
 
 def check_resume_compatible(ckpt_path: str, cfg: Mapping) -> None:
     """Refuse a checkpoint written by a different model or sparsity layout, naming the key."""
-    from smet.checkpoints import read_hparams
-
-    from smet.checkpoints import is_distributed
+    from smet.checkpoints import is_distributed, read_hparams
 
     if Path(ckpt_path).is_dir() and not is_distributed(ckpt_path):  # DeepSpeed: Lightning checks it while loading
         return

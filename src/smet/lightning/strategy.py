@@ -29,7 +29,7 @@ from typing import Any, Mapping
 
 # the checks live in smet.config (config validation needs no Lightning); re-exported here
 from smet.config import (BACKENDS, DDP_DEFAULTS, DEEPSPEED_STRATEGIES, STRATEGIES, _BOOL_KEYS,  # noqa: F401
-                         check_deepspeed_sparsity, check_strategy_config, ddp_options)
+                         check_deepspeed_sparsity, check_strategy_config, ddp_options, fsdp_options, world_size)
 from smet.config import get as _get
 
 
@@ -62,13 +62,11 @@ def fsdp_strategy(t: Mapping):
     shard (no tensor parallelism); ``LMModule.configure_model`` shards each decoder block and the root.
     Checkpoints are distributed (a directory per checkpoint: one file per rank plus ``meta.pt``), written
     and read through ``torch.distributed.checkpoint``, which reshards on load."""
-    backend = _get(t, "fsdp.process_group_backend", None)
+    backend = fsdp_options(t)["process_group_backend"]
     if backend is None and str(_get(t, "accelerator", "auto")) == "cpu":
         backend = "gloo"
-    devices = _get(t, "devices", 1)
-    world = (devices if isinstance(devices, int) else 1) * int(_get(t, "num_nodes", 1) or 1)
-    return _fsdp_strategy_class()(data_parallel_size=world, tensor_parallel_size=1, save_distributed_checkpoint=True,
-                                  process_group_backend=backend)
+    return _fsdp_strategy_class()(data_parallel_size=world_size({"trainer": t}), tensor_parallel_size=1,
+                                  save_distributed_checkpoint=True, process_group_backend=backend)
 
 
 def _fsdp_strategy_class():
