@@ -132,13 +132,14 @@ class Training:
             raise ValueError("no optimizer yet: call build_optimizer() first")
         return torch.optim.lr_scheduler.LambdaLR(opt, self.lr_lambda)
 
-    def build_optimizer(self) -> torch.optim.Optimizer:
+    def build_optimizer(self, *, per_layer_groups: bool = False) -> torch.optim.Optimizer:
         """Build the optimizer (``smet.optim.build_optimizer``: AdamW for a dense model, the SMET
         optimizer attached to the controller otherwise) for the model where it is now; sets
         :attr:`optimizer`. Build it once the model sits on its training device (fused kernels)."""
         from smet.optim import build_optimizer
 
-        self.optimizer = build_optimizer(self.model, self.optimizer_cfg, sparse=self.controller)
+        self.optimizer = build_optimizer(self.model, self.optimizer_cfg, sparse=self.controller,
+                                         per_layer_groups=per_layer_groups)
         return self.optimizer
 
     def materialize(self, device: torch.device | str) -> None:

@@ -57,8 +57,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return groups
 
 
-def build_optimizer(model: nn.Module, ocfg: Mapping, sparse=None) -> torch.optim.Optimizer:
-    """AdamW for a dense model; the SMET optimizer when the model has compact sparse layers."""
+def build_optimizer(model: nn.Module, ocfg: Mapping, sparse=None, *, per_layer_groups: bool = False) -> torch.optim.Optimizer:
+    """AdamW for a dense model; the SMET optimizer when the model has compact sparse layers
+    (``per_layer_groups``: one param group per sparse layer, for DeepSpeed ZeRO: ``smet.zero``)."""
     name = ocfg.get("name", "adamw")
     if name != "adamw":
         raise SmetConfigError("optimizer.name", f"unknown optimizer {name!r} (adamw)")
@@ -69,7 +70,7 @@ def build_optimizer(model: nn.Module, ocfg: Mapping, sparse=None) -> torch.optim
     if sparse is not None:
         from smet.sparse.optimizer import build_smet_optimizer
 
-        return build_smet_optimizer(model, ocfg, sparse)
+        return build_smet_optimizer(model, ocfg, sparse, per_layer_groups=per_layer_groups)
     on_cuda = any(p.is_cuda for p in model.parameters())
     if ocfg.get("fused_backward"):
         # the same AdamW (PyTorch's functional one) run parameter by parameter inside backward

@@ -99,6 +99,10 @@ class SMETOptimizer(torch.optim.Optimizer):
         if self.local_step_dtype == torch.int32:
             self.step_cap = torch.iinfo(torch.int32).max
         self._layers: dict[torch.nn.Parameter, object] = {}  # values param -> SparseLinear
+        # ZeRO-1/2 (bind_partitions): the model's values param -> this rank's flat fp32 partition of it,
+        # and each partition's first slot
+        self._bound: dict[torch.Tensor, torch.Tensor] = {}
+        self._part_first: dict[torch.Tensor, int] = {}
         self._measure: dict[torch.nn.Parameter, torch.Tensor] = {}
         self._bc_tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._births: dict[torch.nn.Parameter, list[int]] = {}  # host copy of regrow_birth (-1: free code)
@@ -127,6 +131,48 @@ class SMETOptimizer(torch.optim.Optimizer):
 
     def layer_of(self, p):
         return self._layers.get(p)
+
+    # ------------------------------------------- flat partitions (DeepSpeed ZeRO-1/2)
+    def bind_partitions(self, bindings: Iterable[tuple[torch.Tensor, torch.Tensor, int]]) -> None:
+        """An engine replaced a sparse group's parameter with this rank's partition of it (DeepSpeed ZeRO
+        stage 1/2: a flat fp32 master copy of elements ``[first, first + numel)`` of the group's flattened
+        parameters, padded at the end; ``smet.zero`` builds the bindings). ``bindings``: ``(model values
+        parameter, partition, first element)`` per sparse layer, one layer per group.
+
+        From then on the partition is the parameter this optimizer steps and keeps state for (moments of its
+        elements, local steps of its slots); :meth:`reset_slots` and :meth:`measure_next_step`, which the
+        controller calls with the model's parameter, act on its slice, and a regrown slot's master value is
+        rewritten from the model's (the controller zeroed it there). A partition must start and end on a
+        block boundary."""
+        for p, part, first in bindings:
+            group = self._group_of(part)
+            b = group["block_size"]
+            if not group["sparse"] or len(group["params"]) != 1:
+                raise ValueError("bind_partitions: a partition must be the only parameter of a sparse group "
+                                 "(build_smet_optimizer(..., per_layer_groups=True))")
+            if first % b or part.numel() % b:
+                raise ValueError(f"flat partitions: elements [{first}, {first + part.numel()}) split blocks of {b} "
+                                 "(choose sparsity.block_size 1, or a capacity x block_size divisible by the "
+                                 "rank count x block_size)")
+            self._bound[p] = part
+            self._part_first[part] = first // b
+            layer = self._layers.get(p)
+            if layer is not None:
+                self._layers[part] = layer
+
+    def _param(self, p: torch.Tensor) -> torch.Tensor:
+        """The parameter this optimizer steps for ``p``: its bound partition (:meth:`bind_partitions`), else ``p``."""
+        return self._bound.get(p, p)
+
+    def _group_of(self, p: torch.Tensor) -> dict:
+        return next(g for g in self.param_groups if any(q is p for q in g["params"]))
+
+    def _slot_range(self, p: torch.Tensor, b: int) -> tuple[int, int]:
+        """(first slot, slots) of what this rank steps of ``p``: a bound partition, an FSDP2 shard, or all."""
+        first = self._part_first.get(p)
+        if first is not None:
+            return first, p.numel() // b
+        return shard.slot_range(p, b)
 
     def _sparse_state(self, p: torch.Tensor, group: dict) -> dict:
         st = self.state[p]
@@ -164,7 +210,7 @@ class SMETOptimizer(torch.optim.Optimizer):
     def local_steps(self, p: torch.Tensor) -> torch.Tensor | None:
         """The local step of every block slot of sparse parameter ``p`` as int32 (whatever the
         storage; None when the optimizer tracks none or ``p`` has no state yet)."""
-        st = self.state.get(p)
+        st = self.state.get(self._param(p))
         if not st:
             return None
         if "regrow_code" in st:
@@ -223,13 +269,18 @@ class SMETOptimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def reset_slots(self, p: torch.nn.Parameter, slots: torch.Tensor) -> None:
         """A topology update regrew ``slots`` of sparse parameter ``p``: reset their state."""
+        model_p, p = p, self._param(p)
+        if p is not model_p:  # a bound partition: its master values of the regrown slots from the model's
+            b = self._group_of(p)["block_size"]
+            first, n = self._slot_range(p, b)
+            loc = shard.local_slots(slots, first, n)
+            p.detach().view(-1, b)[loc] = model_p.detach().view(-1, b)[loc + first].to(p.dtype)
         st = self.state.get(p)
         if not st:
             return
-        group = next(g for g in self.param_groups if any(q is p for q in g["params"]))
-        b = group["block_size"]
-        if shard.is_sharded(p):  # global slot ids -> this rank's slice
-            slots = shard.local_slots(slots, *shard.slot_range(p, b))
+        b = self._group_of(p)["block_size"]
+        if p is not model_p or shard.is_sharded(p):  # global slot ids -> this rank's slice
+            slots = shard.local_slots(slots, *self._slot_range(p, b))
         if self.reset_moments:
             st["exp_avg"].view(-1, b)[slots] = 0
             st["exp_avg_sq"].view(-1, b)[slots] = 0
@@ -239,6 +290,9 @@ class SMETOptimizer(torch.optim.Optimizer):
     def compact_slots(self, p: torch.nn.Parameter, keep_slots: torch.Tensor, n_live: int) -> None:
         """A density change rewrote ``p``'s slots: survivors ``keep_slots`` move to the front (in order),
         the slots after them up to ``n_live`` are newly grown (zero state), the rest are free (zero)."""
+        if p in self._bound:
+            raise NotImplementedError("flat partitions (ZeRO): a density change or the rows index moves slots "
+                                      "between ranks' partitions (constant density and the flat index only)")
         st = self.state.get(p)
         if not st:
             return
@@ -375,7 +429,7 @@ class SMETOptimizer(torch.optim.Optimizer):
 
     def measure_next_step(self, p: torch.nn.Parameter, regrown_slots: torch.Tensor) -> None:
         """Record mean |update| / lr of regrown vs mature slots of ``p`` at the next step."""
-        self._measure[p] = regrown_slots
+        self._measure[self._param(p)] = regrown_slots
 
     # ------------------------------------------------- optimizer step in backward
     def _install_backward_hooks(self) -> None:
@@ -574,7 +628,7 @@ class SMETOptimizer(torch.optim.Optimizer):
         if measure:
             delta = (pl.detach().view(-1, b).float() - old).abs().mean(1) / group["lr"]
             slots = self._measure[p]
-            first, n_loc = shard.slot_range(p, b)  # (0, all) unless FSDP2 sharded the values
+            first, n_loc = self._slot_range(p, b)  # (0, all) unless FSDP2 or ZeRO sharded the values
             live = layer.n_live if layer is not None else first + n_loc
             live = max(0, min(n_loc, live - first))
             if slots.dtype == torch.uint8:  # the controller's pack_slots bit mask (global slots)
@@ -683,8 +737,10 @@ def option_defaults() -> dict:
     return out | {"lr_scaling": "none", "lr_scaling_scope": "all"}
 
 
-def build_smet_optimizer(model: torch.nn.Module, ocfg, sparse) -> SMETOptimizer:
-    """Param groups: dense (decay / no decay), and one group per (density, block size) of sparse layers.
+def build_smet_optimizer(model: torch.nn.Module, ocfg, sparse, *, per_layer_groups: bool = False) -> SMETOptimizer:
+    """Param groups: dense (decay / no decay), and one group per (density, block size) of sparse layers
+    (``per_layer_groups``: one group per sparse layer, what DeepSpeed ZeRO needs to give each layer its own
+    flat partition, :meth:`SMETOptimizer.bind_partitions`; the same updates, bit for bit).
 
     ``sparse``: the model's ``SparseController``; the new optimizer is attached to it
     (``sparse.attach_optimizer``), so topology updates reset the state of regrown slots."""
@@ -708,8 +764,9 @@ def build_smet_optimizer(model: torch.nn.Module, ocfg, sparse) -> SMETOptimizer:
     by_key: dict[tuple, list] = {}
     for layer in layers:
         s = lr_scale(sparse.target_density, scaling) if scope == "all" else lr_scale(layer.final_density, scaling)
-        by_key.setdefault((round(s, 12), layer.block_size), []).append(layer.values)
-    for (s, b), ps in by_key.items():
+        key = (round(s, 12), layer.block_size) + ((len(by_key),) if per_layer_groups else ())
+        by_key.setdefault(key, []).append(layer.values)
+    for (s, b, *_), ps in by_key.items():
         groups.append({"params": ps, "weight_decay": wd, "lr": lr * s, "lr_scale": s, "sparse": True, "block_size": b})
     on_cuda = any(p.is_cuda for p in model.parameters())
     o = option_defaults() | {k: v for k, v in dict(ocfg).items() if v is not None}
