@@ -26,9 +26,10 @@ def run_train(session_cache, tmp_path):
     """Run `python train.py <overrides>` in a subprocess, the way a user does; returns the result."""
     import subprocess
 
-    def _run(*overrides: str, out: Path | None = None, timeout: int = 300, check: bool = True, env=None):
+    def _run(*overrides: str, out: Path | None = None, timeout: int = 300, check: bool = True, env=None,
+             script: Path | None = None):
         out = out or tmp_path / "run"
-        cmd = [sys.executable, str(REPO / "train.py"), f"hydra.run.dir={out}", *overrides]
+        cmd = [sys.executable, str(script or REPO / "train.py"), f"hydra.run.dir={out}", *overrides]
         e = dict(os.environ, SMET_CACHE_DIR=str(session_cache), PYTHONUNBUFFERED="1")
         e.update(env or {})
         res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=timeout, env=e)

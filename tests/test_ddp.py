@@ -248,10 +248,11 @@ def _trace(run_dir: Path, rank: int) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "ddp_trace" / f"rank{rank}.jsonl").read_text().splitlines()]
 
 
-def _ddp_vs_single(run_train, tmp_path, trainer: tuple, batch: int, *overrides: str) -> dict:
+def _ddp_vs_single(run_train, tmp_path, trainer: tuple, batch: int, *overrides: str, script=None) -> dict:
+    """``script``: what runs the 2-rank side (default train.py; test_zero_train: tests/ds_cpu_train.py)."""
     env = {"SMET_DDP_TRACE": "1"}
     ddp = run_train(*FAST, *trainer, "trainer.devices=2", f"data.batch_size={batch}", *overrides,
-                    out=tmp_path / "ddp", env=env, timeout=240)
+                    out=tmp_path / "ddp", env=env, timeout=240, script=script)
     single = run_train(*FAST, f"data.batch_size={2 * batch}", "trainer.cpu_threads=1", *overrides,
                        out=tmp_path / "single", env=env, timeout=240)
     t0, t1, ts = _trace(ddp.out_dir, 0), _trace(ddp.out_dir, 1), _trace(single.out_dir, 0)

@@ -67,6 +67,30 @@ def test_train_fsdp_resume_from_a_distributed_checkpoint_is_bit_exact(run_train,
     ("+trainer.fsdp.reshard_after_forward=false", "trainer.fsdp.reshard_after_forward"),
 ])
 def test_what_fsdp_cannot_shard_is_refused_naming_the_key(override, key):
+    _refused(["trainer=fsdp_cpu", "sparsity=smet", override], key)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("sparsity.materialize=persistent", "sparsity.materialize"),
+    ("sparsity.index=rows", "sparsity.index"),
+    ("sparsity/density_schedule=gradual", "sparsity.density_schedule"),
+    ("optimizer.moments=8bit", "optimizer.moments"),
+    ("optimizer.fused_backward=true", "optimizer.fused_backward"),
+])
+def test_what_deepspeed_cannot_partition_is_refused_naming_the_key(override, key):
+    _refused(["trainer=deepspeed", "sparsity=smet", override], key)
+
+
+def test_sparse_methods_compose_with_deepspeed():
+    from smet.compose import compose
+    from smet.config import validate
+
+    for method in ("smet", "set", "rigl"):
+        validate(compose(["trainer=deepspeed", f"sparsity={method}"]))
+    validate(compose(["trainer=deepspeed", "trainer.strategy=deepspeed_stage_1", "sparsity=smet"]))
+
+
+def _refused(overrides, key):
     from smet.compose import compose
     from smet.config import validate
     from smet.errors import SmetConfigError
@@ -74,7 +98,7 @@ def test_what_fsdp_cannot_shard_is_refused_naming_the_key(override, key):
     from smet.slurm.grid import GridError
 
     with pytest.raises((SmetConfigError, GridError)) as e:  # compose validates too (GridError names the key)
-        validate(compose(["trainer=fsdp_cpu", "sparsity=smet", override]))
+        validate(compose(overrides))
     assert f"{key}: " in str(e.value), str(e.value)
 
 

@@ -283,47 +283,51 @@ DEEPSPEED_STRATEGIES = ("deepspeed_stage_1", "deepspeed_stage_2")
 STRATEGIES = ("auto", "single_device", "ddp", "fsdp", *DEEPSPEED_STRATEGIES)
 
 
-def check_fsdp_sparsity(cfg: Mapping) -> None:
-    """``trainer.strategy=fsdp`` (FSDP2 through Lightning's ModelParallelStrategy) shards the compact values
-    and the SMET state; what moves slots between ranks, or keeps a dense copy per rank, is not supported yet
-    (docs/sharding.md). One line naming the key, before any compute."""
-    if str(get(cfg, "trainer.strategy", "auto")) != "fsdp":
+def _sharding_engine(strategy: str) -> str | None:
+    """``fsdp`` / ``deepspeed`` when ``trainer.strategy`` shards the compact values or their optimizer state."""
+    if strategy == "fsdp":
+        return "fsdp"
+    if strategy.startswith("deepspeed"):
+        return "deepspeed"
+    return None
+
+
+def check_sharded_sparsity(cfg: Mapping) -> None:
+    """``trainer.strategy=fsdp`` (FSDP2 through Lightning's ModelParallelStrategy) shards the compact values and
+    the SMET state; ``deepspeed_stage_1`` / ``_2`` (ZeRO) partitions the SMET state (and gradients) into flat
+    per-layer slices (``smet.zero``). What moves slots between ranks, keeps a dense copy per rank or steps the
+    optimizer inside backward is not supported with either (docs/sharding.md). One line naming the key, before
+    any compute."""
+    strategy = str(get(cfg, "trainer.strategy", "auto"))
+    engine = _sharding_engine(strategy)
+    if engine is None:
         return
+    on = f"trainer.strategy={strategy}"
     if get(cfg, "optimizer.fused_backward"):
-        raise SmetConfigError("optimizer.fused_backward", "true is not possible with trainer.strategy=fsdp: the "
-                                                          "sharded gradients exist only after FSDP's reduce-scatter")
+        why = ("the sharded gradients exist only after FSDP's reduce-scatter" if engine == "fsdp"
+               else "DeepSpeed reduces the gradients and steps the optimizer itself")
+        raise SmetConfigError("optimizer.fused_backward", f"true is not possible with {on}: {why}")
     if str(get(cfg, "sparsity.method", "dense")) == "dense":
         return
     if str(get(cfg, "sparsity.materialize", "transient")) != "transient":
         raise SmetConfigError("sparsity.materialize", "persistent keeps a dense copy of every layer on every rank, "
-                                                      "which sharding cannot split: use transient with trainer=fsdp")
+                                                      f"which sharding cannot split: use transient with {on}")
     if str(get(cfg, "sparsity.index", "flat")) != "flat":
         raise SmetConfigError("sparsity.index", "rows re-sorts slots at every update, moving them between ranks' "
-                                                "shards (not supported yet with trainer=fsdp): use flat")
+                                                f"shards (not supported yet with {on}): use flat")
     kind = (get(cfg, "sparsity.density_schedule") or {}).get("kind", "constant")
     if kind != "constant":
         raise SmetConfigError("sparsity.density_schedule", f"{kind} changes the number of live slots, moving them "
-                                                           "between ranks' shards (not supported yet with "
-                                                           "trainer=fsdp): use constant")
+                                                           f"between ranks' shards (not supported yet with {on}): "
+                                                           "use constant")
     if str(get(cfg, "optimizer.moments", "native")) != "native":
-        raise SmetConfigError("optimizer.moments", "8bit keeps per-block scales that do not follow FSDP's slot "
-                                                   "shards (not supported yet with trainer=fsdp): use native")
-
-
-def check_deepspeed_sparsity(strategy: str, method: str) -> None:
-    """ZeRO partitions flatten parameters and step the optimizer on flat fp32 shards: the SMET
-    optimizer's per-weight local steps, regrowth resets and per-layer blocks cannot survive that."""
-    if str(strategy).startswith("deepspeed") and method != "dense":
-        raise SmetConfigError("trainer.strategy", f"DeepSpeed ZeRO supports the dense baseline only (sparsity=dense); "
-                                                  f"sparsity={method} keeps per-weight optimizer state (local steps, "
-                                                  "regrowth resets) that ZeRO's flat partitions lose. Use trainer=ddp "
-                                                  "for sparse runs (trainer=fsdp shards their state)")
+        raise SmetConfigError("optimizer.moments", "8bit keeps per-block scales that do not follow the ranks' "
+                                                   f"shards (not supported yet with {on}): use native")
 
 
 def check_strategy(cfg: Mapping) -> None:
     check_strategy_config(get(cfg, "trainer", {}) or {})
-    check_deepspeed_sparsity(str(get(cfg, "trainer.strategy", "auto")), str(get(cfg, "sparsity.method", "dense")))
-    check_fsdp_sparsity(cfg)
+    check_sharded_sparsity(cfg)
 
 
 CHECKS: list[Callable[[Mapping], None]] = [check_run, check_model, check_data, check_trainer, check_strategy,

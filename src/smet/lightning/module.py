@@ -55,6 +55,14 @@ def _is_fsdp(strategy) -> bool:
     return isinstance(strategy, ModelParallelStrategy)
 
 
+def _is_deepspeed(strategy) -> bool:
+    try:
+        from lightning.pytorch.strategies import DeepSpeedStrategy
+    except ImportError:  # pragma: no cover - lightning without the deepspeed strategy
+        return False
+    return isinstance(strategy, DeepSpeedStrategy)
+
+
 class LMModule(L.LightningModule):
     """Causal-LM pre-training: loss, validation perplexity, LR schedule, sparse hooks.
 
@@ -214,6 +222,19 @@ class LMModule(L.LightningModule):
         self.log("val/ppl", math.exp(min(val_loss, 50.0)), prog_bar=True, sync_dist=False)
         self.last_val_step = self.trainer.global_step
 
+    def on_fit_start(self) -> None:
+        """``trainer=deepspeed``: bind each sparse layer's ZeRO partition to the SMET optimizer (after
+        ``deepspeed.initialize``, before a checkpoint's optimizer state is restored)."""
+        if self.sparse is None or not _is_deepspeed(self.trainer.strategy):
+            return
+        from smet import zero
+
+        engine = self.trainer.strategy.deepspeed_engine
+        inner = zero.smet_optimizer_of(self._built.optimizer)
+        if inner is None:
+            raise ValueError("trainer.strategy: the SMET optimizer is not the one DeepSpeed wraps")
+        zero.bind(engine.optimizer, inner)
+
     # ------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.sparse is not None:
@@ -237,7 +258,10 @@ class LMModule(L.LightningModule):
 
     # ----------------------------------------------------------------- optimizer
     def configure_optimizers(self):
-        optimizer = self._built.build_optimizer()  # on the strategy's device, after precision conversion
+        # on the strategy's device, after precision conversion; under DeepSpeed ZeRO one param group per
+        # sparse layer, so that each rank's flat partition is one contiguous range of one layer (smet.zero)
+        deepspeed = self._trainer is not None and _is_deepspeed(self.trainer.strategy)
+        optimizer = self._built.build_optimizer(per_layer_groups=deepspeed and self.sparse is not None)
         if getattr(optimizer, "fused_backward", False):
             optimizer.track_grad_norm = True  # train/grad_norm and the non-finite check
         sched = self._built.scheduler(optimizer)

@@ -29,7 +29,7 @@ from typing import Any, Mapping
 
 # the checks live in smet.config (config validation needs no Lightning); re-exported here
 from smet.config import (BACKENDS, DDP_DEFAULTS, DEEPSPEED_STRATEGIES, STRATEGIES, _BOOL_KEYS,  # noqa: F401
-                         check_deepspeed_sparsity, check_strategy_config, ddp_options, fsdp_options, world_size)
+                         check_sharded_sparsity, check_strategy_config, ddp_options, fsdp_options, world_size)
 from smet.config import get as _get
 
 
