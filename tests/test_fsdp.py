@@ -89,6 +89,17 @@ def _smet_run(rank: int, world: int, sharded: bool) -> dict:  # pragma: no cover
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 128), x[:, 1:].reshape(-1))
         loss.backward()
         opt.step()
+        if s == STEPS:  # static memory of this rank, grads present, against the shapes-only prediction
+            from smet.models.llama import LlamaConfig as _C
+            from smet.sparse.memory import ModelShapes, measure_static, predict_static
+
+            with torch.device("meta"):
+                shapes = ModelShapes.of(LlamaForCausalLM(_C(vocab_size=128, hidden_size=32, intermediate_size=64,
+                                                            num_layers=2, num_heads=4, max_seq_len=16)))
+            n = world if sharded else 1
+            rec["static"] = measure_static(model, opt, ctrl)
+            rec["static_predicted"] = predict_static(shapes, sparse, OPT, "32", total_steps=STEPS + 1, shards=n,
+                                                     rank=rank if sharded else 0)
         opt.zero_grad(set_to_none=True)
         ctrl.after_step(s)
         lv = loss.detach()
@@ -201,6 +212,14 @@ def test_smet_under_fsdp2_matches_a_single_process(tmp_path, monkeypatch, growth
             for la, lb in zip(va, vb):
                 assert max(abs(x - y) for x, y in zip(la, lb)) <= 1e-5
     assert ranks[0]["sharded"]["idx"] == ranks[1]["sharded"]["idx"]
+    for res in ranks:  # per-rank static memory (smet-memory --shards 2) equals what each rank holds, to the byte
+        for run in ("sharded", "single"):
+            m, p = res[run]["static"], res[run]["static_predicted"]
+            assert m["all"] == p["all"], (run, m["all"], p["all"])
+            # FSDP2's padded gradient buffer of a unit is shared: its padding counts to the first parameter seen
+            assert {k: v for k, v in m["sparse"].items() if k not in ("grads", "total")} == \
+                {k: v for k, v in p["sparse"].items() if k not in ("grads", "total")}, (run, m["sparse"], p["sparse"])
+    assert ranks[0]["sharded"]["static"]["sparse"]["optimizer"] * 2 == ranks[0]["single"]["static"]["sparse"]["optimizer"]
 
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "worker":

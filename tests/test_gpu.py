@@ -77,6 +77,29 @@ def test_smet_optimizer_cuda_fused_dense_path_equals_torch_adamw_and_exact_first
     assert float(layer.values.detach()[2] - before[2]) == -(2.0**-6) * 1.0 * float(torch.sign(g[2]))
 
 
+def test_dense_path_steps_after_a_state_restored_with_its_step_on_the_cpu():
+    """torch's ``load_state_dict`` leaves a restored ``step`` on the CPU (unless the group says fused); DeepSpeed
+    restores the client optimizer that way and nothing moves it (found resuming trainer=deepspeed on the H200:
+    "state_steps is on cpu" in the fused AdamW). The fused dense path moves it and continues as uninterrupted."""
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(16, 8, device=DEV))
+    w2 = torch.nn.Parameter(w.detach().clone())
+    a = SMETOptimizer([{"params": [w], "sparse": False}], lr=1e-2)
+    b = SMETOptimizer([{"params": [w2], "sparse": False}], lr=1e-2)
+    g = [torch.randn(16, 8, device=DEV) for _ in range(3)]
+    w.grad, w2.grad = g[0].clone(), g[0].clone()
+    a.step(), b.step()
+    sd = b.state_dict()
+    b = SMETOptimizer([{"params": [w2], "sparse": False}], lr=1e-2)
+    b.load_state_dict(sd)
+    assert b.state[w2]["step"].device.type == "cpu"  # what torch's loader does
+    for gi in g[1:]:
+        w.grad, w2.grad = gi.clone(), gi.clone()
+        a.step(), b.step()
+    assert b.state[w2]["step"].device == w2.device
+    torch.testing.assert_close(w2, w, rtol=0, atol=0)
+
+
 def test_torch_compile_sparse_model_matches_eager_cuda():
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=512, hidden_size=128, intermediate_size=384, num_layers=2, num_heads=4, max_seq_len=64)

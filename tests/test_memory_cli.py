@@ -323,3 +323,28 @@ def test_selective_checkpointing_and_loss_keys_compose_into_the_estimate(capsys)
     new = _json(capsys, ["model=350m", "model.activation_checkpointing=block"])
     assert old[0]["activation_checkpointing"] == "block" and [dict(r, overrides=None) for r in old] == [
         dict(r, overrides=None) for r in new]
+
+
+# ----------------------------------------------------------------------------- --shards (FSDP2 per rank)
+def test_shards_give_rank_zeros_slice_with_the_index_replicated(capsys):
+    one = {r["method"]: r for r in _json(capsys, ["model=130m", "sparsity=smet", "trainer.precision=32"])}
+    four = {r["method"]: r for r in _json(capsys, ["model=130m", "sparsity=smet", "trainer.precision=32",
+                                                   "--shards", "4"])}
+    assert four["smet"]["shards"] == 4
+    for method in ("dense", "smet"):
+        a, b = one[method]["static_bytes"], four[method]["static_bytes"]
+        assert b["buffers"] == a["buffers"]  # RoPE tables: every rank
+        for k in ("weights", "grads"):  # 130m: every sharded dim 0 divides by 4, so exactly a quarter
+            assert b[k] * 4 == a[k], (method, k)
+    s1, s4 = one["smet"]["sparse_static_bytes"], four["smet"]["sparse_static_bytes"]
+    # int32 index (whole on every rank) + 1-byte local-step code per slot (a quarter of the slots per rank)
+    assert s1["metadata"] - s4["metadata"] == 3 * (s1["optimizer"] // 8) // 4, (s1, s4)  # fp32 m+v: 8 B/slot
+    # the printed table says what the figures are
+    assert cli.main(["model=130m", "sparsity=smet", "--shards", "4"]) == 0
+    assert "per rank of 4 FSDP2 shards" in capsys.readouterr().out
+
+
+def test_shards_below_one_are_refused_naming_the_option(capsys):
+    assert cli.main(["model=tiny", "--shards", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "--shards" in err

@@ -302,7 +302,7 @@ def _group_key(p: dict) -> tuple:
 
 
 def point_row(p: dict, scfg: dict, ocfg: dict, *, dense_total: int | None, gpu: dict | None,
-              extra: str = "") -> dict[str, Any]:
+              extra: str = "", shards: int = 1) -> dict[str, Any]:
     """One row: static prediction, active weights, bytes per active weight, activation estimate, fit."""
     from smet.models.llama import model_shapes
     from smet.sparse.memory import (active_weight_count, bytes_per_active_weight, estimate_activations,
@@ -314,7 +314,7 @@ def point_row(p: dict, scfg: dict, ocfg: dict, *, dense_total: int | None, gpu: 
     precision, vocab, seq_len = p["precision"], p["vocab"], p["seq_len"]
     steps = (p.get("cfg") or {}).get("trainer", {}).get("max_steps")
     total_steps = int(steps) if steps is not None else None  # the run's length decides short runs' local-step storage
-    pred = predict_static(shapes, scfg, ocfg, precision, total_steps)
+    pred = predict_static(shapes, scfg, ocfg, precision, total_steps, shards=shards)  # shards > 1: FSDP2 rank 0
     active = active_weight_count(shapes, scfg)
     smat = None if dense else str(scfg.get("materialize", "transient"))
     loss = {"loss_impl": p["loss_impl"], "loss_chunk_tokens": p["loss_chunk_tokens"], "pointwise": p["pointwise"]}
@@ -332,7 +332,7 @@ def point_row(p: dict, scfg: dict, ocfg: dict, *, dense_total: int | None, gpu: 
         "allocation": None if dense else scfg.get("allocation", "uniform"),
         "precision": precision, "batch": p["batch"], "seq_len": seq_len, "vocab": vocab,
         "activation_checkpointing": p["ckpt"], "checkpoint_every": p["ckpt_every"], **loss,
-        "static_bytes": pred["all"], "sparse_static_bytes": pred["sparse"],
+        "shards": shards, "static_bytes": pred["all"], "sparse_static_bytes": pred["sparse"],
         "active_weights": active,
         "bytes_per_active_weight": pred["sparse"]["total"] / active,
         "bytes_per_active_weight_formula": bytes_per_active_weight(scfg, ocfg, precision, total_steps),
@@ -379,7 +379,7 @@ def _label_extras(points: list[dict]) -> list[str]:
     return out
 
 
-def compute_rows(points: Sequence, gpu: dict | None = None) -> list[dict[str, Any]]:
+def compute_rows(points: Sequence, gpu: dict | None = None, shards: int = 1) -> list[dict[str, Any]]:
     """Rows of the composed ``points`` (:class:`smet.compose.Point`): per model / vocabulary / data shape
     / precision / checkpointing group, the dense AdamW baseline first, then the sparse points in grid
     order (a dense point of the grid is the baseline itself)."""
@@ -393,12 +393,13 @@ def compute_rows(points: Sequence, gpu: dict | None = None) -> list[dict[str, An
         rows = groups.get(_group_key(p))
         if rows is None:
             base_o = dict(dense_o, fused_backward=bool(p["optimizer"].get("fused_backward")))
-            rows = groups[_group_key(p)] = [point_row(p, dict(dense_s), base_o, dense_total=None, gpu=gpu)]
+            rows = groups[_group_key(p)] = [point_row(p, dict(dense_s), base_o, dense_total=None, gpu=gpu,
+                                                      shards=shards)]
         same = [r for r in rows if r["sparsity_cfg"] == p["sparsity"] and r["optimizer_cfg"] == p["optimizer"]
                 and r["label_extra"] == extra]
         if p["sparsity"].get("method", "dense") != "dense" and not same:  # (checkpoint_every of "none": one row)
             rows.append(point_row(p, p["sparsity"], p["optimizer"], dense_total=rows[0]["static_bytes"]["total"],
-                                  gpu=gpu, extra=extra))
+                                  gpu=gpu, extra=extra, shards=shards))
     return [r for rows in groups.values() for r in rows]
 
 
@@ -457,6 +458,9 @@ def _titles(r0: dict, width: int) -> list[str]:
     sub = (f"precision {r0['precision']}, batch {r0['batch']} x seq {r0['seq_len']}, activation checkpointing "
            f"{checkpointing_label(r0)}, loss {loss_label(r0)}")
     lines += _wrap(sub + ", figures in GiB", width, "  ")
+    if int(r0.get("shards") or 1) > 1:
+        lines += _wrap(f"static memory per rank of {r0['shards']} FSDP2 shards (trainer=fsdp; rank 0, the largest "
+                       "slice); the batch is per rank", width, "  ")
     if "gpu" in r0:
         g = r0["gpu"]
         gname = "memory" if g["name"] == "custom" else g["name"] + ":"
@@ -612,6 +616,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="full table: static breakdown (weights, grads, optimizer, metadata, compute copy) and full "
                         "config labels (wider than 120 columns)")
     p.add_argument("--json", action="store_true", help="print JSON records (bytes) instead of the table")
+    p.add_argument("--shards", type=int, metavar="N", default=1,
+                   help="static memory per rank of an FSDP2 run (trainer=fsdp) on N ranks: parameters, gradients "
+                        "and optimizer state 1/N each (rank 0's slice), index and buffers replicated (default 1)"),
     old = p.add_argument_group("older flags", "aliases of the overrides (KEY=VALUE wins over them)")
     for flag, key in FLAG_ALIASES.items():
         if flag == "--activation-checkpointing":
@@ -634,6 +641,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = aliases + explicit
     try:
         gpu = resolve_gpu(args)
+        if args.shards < 1:
+            raise CliError("--shards", f"must be >= 1, got {args.shards}")
         from smet.compose import compose_points
 
         if not any(_override_key(t) in ("model", "experiment") for t in overrides):
@@ -641,7 +650,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     f"{', '.join(available_presets())}")
         try:
             _precheck_groups(overrides)
-            rows = compute_rows(compose_points(overrides, config_name=CONFIG_NAME), gpu)
+            rows = compute_rows(compose_points(overrides, config_name=CONFIG_NAME), gpu, shards=args.shards)
         except SmetConfigError as err:
             raise config_error(err, flags, explicit) from None
     except SmetConfigError as err:

@@ -165,10 +165,12 @@ def _redacted_argv():
 
 def defer_init(cfg) -> bool:
     """Build the model on the meta device and allocate it on the GPU in ``LMModule.configure_model``
-    (``smet.build``): on CUDA trainers, except DeepSpeed (dense only; it partitions at setup). Keeps a
-    LLaMA-13B sparse run from ever allocating dense weights or a host-RAM copy of the model."""
+    (``smet.build``): on CUDA trainers, DeepSpeed ZeRO-1/2 included (Lightning calls ``configure_model``
+    before ``deepspeed.initialize``, which then partitions the allocated model). Keeps a LLaMA-13B sparse
+    run from ever allocating dense weights or a host-RAM copy of the model, and gives every CUDA trainer
+    the same initial weights and masks (a CUDA generator: ``smet.sparse.topology.init_sparse_layers``)."""
     t = cfg.trainer
-    return str(t.accelerator) in ("gpu", "cuda") and "deepspeed" not in str(t.get("strategy") or "")
+    return str(t.accelerator) in ("gpu", "cuda")
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, tokens_per_step: int, flops_per_token: float,

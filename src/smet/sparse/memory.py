@@ -293,16 +293,40 @@ def _targets(shapes: ModelShapes, scfg: Mapping[str, Any]) -> list[tuple[str, in
     return found
 
 
+def _fsdp_slice(shape: tuple[int, ...], shards: int, rank: int) -> tuple[int, int]:
+    """FSDP2's ``Shard(0)`` of a parameter on ``shards`` ranks: ``(padded, local)`` elements of ``rank``'s slice.
+    Dim 0 is cut in chunks of ``ceil(dim0 / shards)`` rows; every rank's storage is one whole chunk (padded),
+    its local tensor the rows it really holds (the last ranks may hold fewer, or none)."""
+    n = _numel(shape)
+    if shards <= 1:
+        return n, n
+    d0 = int(shape[0])
+    rest = n // d0 if d0 else 0
+    chunk = -(-d0 // shards)
+    rows = max(0, min(chunk, d0 - rank * chunk))
+    return chunk * rest, rows * rest
+
+
 def predict_static(shapes: ModelShapes, sparsity_cfg: Mapping[str, Any] | None,
                    optimizer_cfg: Mapping[str, Any] | None, precision: str,
-                   total_steps: int | None = None) -> dict[str, dict[str, int]]:
+                   total_steps: int | None = None, shards: int = 1, rank: int = 0) -> dict[str, dict[str, int]]:
     """What :func:`measure_static` will report after a training step (grads present), from the
     model's shapes and the configs alone. Same dict shape; exact for every method, block size,
     allocation and both materialisation modes. The optimizer is AdamW for ``method: dense`` and the
     SMET optimizer otherwise; dense parameters carry a 0-dim fp32 ``step`` each. ``total_steps``
     (the run's length, when known) decides the local-step storage of short runs
     (:func:`local_step_layout`).
+
+    ``shards`` > 1: rank ``rank`` of an FSDP2 run (``trainer=fsdp``) on that many ranks. Every parameter,
+    compact values included, is a ``Shard(0)`` slice (:func:`_fsdp_slice`: padded storage for weights and
+    gradients, the local rows for m, v and local steps); the index, the 0-dim steps and the buffers stay
+    replicated. Measured == predicted (``all``) on 2 gloo ranks in a plain loop (tests/test_fsdp.py); the
+    ``sparse`` gradient bytes can differ by the padding FSDP2 puts in a unit's shared gradient buffer, which
+    is counted to whichever parameter is seen first. Under train.py each rank also still holds the root
+    unit's parameters (embedding, final norm, head) whole after the step: docs/sharding.md.
     """
+    if shards < 1 or not 0 <= rank < shards:
+        raise ValueError(f"shards={shards}, rank={rank}: need shards >= 1 and 0 <= rank < shards")
     scfg = dict(sparsity_cfg or {"method": "dense"})
     ocfg = dict(optimizer_cfg or {})
     p = param_bytes(precision)
@@ -316,12 +340,12 @@ def predict_static(shapes: ModelShapes, sparsity_cfg: Mapping[str, Any] | None,
     for name, shape in shapes.params:  # dense params (all of them for the dense baseline)
         if not is_dense and name in target_names:
             continue
-        n = _numel(shape)
+        n, local = _fsdp_slice(shape, shards, rank)
         dst = (allb, sp) if name in target_names else (allb,)
         for d in dst:
             d["weights"] += n * p
             d["grads"] += n * g
-            d["optimizer"] += 2 * n * p + 4  # exp_avg, exp_avg_sq, 0-dim fp32 step
+            d["optimizer"] += 2 * local * p + 4  # exp_avg, exp_avg_sq, 0-dim fp32 step
     for _, shape, floating, size in shapes.buffers:
         allb["buffers"] += _numel(shape) * (p if floating else size)
     if not is_dense:
@@ -332,14 +356,15 @@ def predict_static(shapes: ModelShapes, sparsity_cfg: Mapping[str, Any] | None,
         rows = str(scfg.get("index") or "flat") == "rows"
         for lay in plan:
             cap, b = lay["capacity"], lay["block_size"]
-            vals = cap * b
+            vals, local = _fsdp_slice((cap * b,), shards, rank)
             for d in (allb, sp):
                 d["weights"] += vals * p
                 d["grads"] += vals * g
                 # m and v: the parameter's dtype, or a byte each + an fp32 scale per QBLOCK values
-                d["optimizer"] += 2 * (vals + 4 * n_scales(vals)) if eight else 2 * vals * p
-                # index: int32 flat ids, or int16 column blocks + int32 row offsets (out + 1)
-                d["metadata"] += (cap * 2 + 4 * (lay["out"] + 1) if rows else cap * 4) + cap * ls + ls_table
+                d["optimizer"] += 2 * (local + 4 * n_scales(local)) if eight else 2 * local * p
+                # index (replicated): int32 flat ids, or int16 column blocks + int32 row offsets (out + 1);
+                # local steps: this rank's slots
+                d["metadata"] += (cap * 2 + 4 * (lay["out"] + 1) if rows else cap * 4) + (local // b) * ls + ls_table
                 d["compute_copy"] += lay["out"] * lay["in"] * cc
     for d in (allb, sp):
         d["total"] = sum(d[k] for k in CATEGORIES)

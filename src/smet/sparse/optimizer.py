@@ -505,6 +505,10 @@ class SMETOptimizer(torch.optim.Optimizer):
                 st["step"] = torch.zeros((), dtype=torch.float32, device=p.device if on_dev else "cpu")
                 st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            elif bool(fused) and p.is_cuda and st["step"].device != p.device:
+                # a restored state whose step torch's load_state_dict left on the CPU (it does unless the group
+                # says fused; DeepSpeed restores the client optimizer that way, and Lightning does not move it)
+                st["step"] = st["step"].to(p.device)
             params.append(p)
             grads.append(p.grad)
             m.append(st["exp_avg"])
