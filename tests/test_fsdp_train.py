@@ -53,6 +53,22 @@ def test_train_fsdp_resume_from_a_distributed_checkpoint_is_bit_exact(run_train,
             assert t["params"] == ta[t["step"]]["params"] and t["layers"] == ta[t["step"]]["layers"], t["step"]
     summary = json.loads((res.out_dir / "summary.json").read_text())
     assert summary["steps"] == 10
+    # per-rank static memory after the run (rank 0; measured after zero_grad, so no gradients) equals smet-memory
+    # --shards 2: the root unit is resharded after validation (LMModule.on_validation_end), not held whole
+    from omegaconf import OmegaConf
+
+    from smet.compose import compose
+    from smet.models.llama import model_shapes
+    from smet.sparse.memory import predict_static
+
+    cfg = OmegaConf.to_container(compose(list(args)), resolve=True)
+    shapes = model_shapes(cfg["model"], 512, 64)
+    pred = predict_static(shapes, cfg["sparsity"], cfg["optimizer"], str(cfg["trainer"]["precision"]),
+                          total_steps=10, shards=2)["all"]
+    measured = summary["static_bytes"]["all"]
+    assert measured["grads"] == 0
+    assert {k: v for k, v in measured.items() if k not in ("grads", "total")} == \
+        {k: v for k, v in pred.items() if k not in ("grads", "total")}, (measured, pred)
     # a run directory resumes from its newest intact checkpoint (last.ckpt, written at step 10: nothing to do)
     again = run_train(*args, f"ckpt_path={ref.out_dir}", out=tmp_path / "again", timeout=240)
     assert "step 10" in again.stdout + again.stderr

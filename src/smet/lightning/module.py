@@ -212,6 +212,13 @@ class LMModule(L.LightningModule):
         self._val_sum += loss.detach().double() * n
         self._val_count += n
 
+    def on_validation_end(self) -> None:
+        """``trainer=fsdp``: FSDP2 keeps the root unit (embedding, final norm, head) unsharded after a forward
+        (a backward would follow); after validation none does, so reshard it: otherwise every rank holds those
+        parameters whole until the next training backward (docs/sharding.md, per-rank memory)."""
+        if self._trainer is not None and _is_fsdp(self.trainer.strategy) and hasattr(self.model, "reshard"):
+            self.model.reshard()
+
     def on_validation_epoch_end(self) -> None:
         total = self.trainer.strategy.reduce(self._val_sum, reduce_op="sum")
         count = self.trainer.strategy.reduce(self._val_count, reduce_op="sum")
