@@ -117,3 +117,29 @@ for a, b in (("b_ddp_u1000", "b_ds2_u1000"), ("b_ddp_u20", "b_ds2_u20"), ("b_ddp
     print(f"   mean over steps 30-39: {sum(y[t] - x[t] for t in s if t >= 30) / max(1, len([t for t in s if t >= 30])):+.4f}")
 PY
 fi
+if [ "$PART" = seeds ]; then  # docs/sharding.md, pre-registered: is the bf16 ZeRO-vs-DDP gap SMET-specific?
+  C="model=130m data.seq_len=256 data.batch_size=64 trainer.max_steps=80 trainer.precision=bf16-mixed trainer.val_every_n_steps=1000 trainer.checkpoint_every_n_steps=1000 trainer.log_every_n_steps=20 trainer.progress_bar=plain logger=csv data.max_val_sequences=128"
+  for seed in 1 2 3; do
+    run s${seed}_smet_ddp 100 trainer=ddp trainer.devices=1 $C sparsity=smet sparsity.update_interval=40 seed=$seed
+    run s${seed}_smet_ds2 100 trainer=deepspeed $C sparsity=smet sparsity.update_interval=40 seed=$seed
+    run s${seed}_dense_ddp 100 trainer=ddp trainer.devices=1 $C sparsity=dense seed=$seed
+    run s${seed}_dense_ds2 100 trainer=deepspeed $C sparsity=dense seed=$seed
+  done
+  python3 - <<'PY' 2>&1 | tee "$OUT/seeds.txt"
+import json, math, statistics as st
+def ppl(n):
+    return json.load(open(f"/tmp/r_{n}/summary.json"))["val_ppl"]
+ds = []
+for seed in (1, 2, 3):
+    try:
+        g_s = math.log(ppl(f"s{seed}_smet_ds2")) - math.log(ppl(f"s{seed}_smet_ddp"))
+        g_d = math.log(ppl(f"s{seed}_dense_ds2")) - math.log(ppl(f"s{seed}_dense_ddp"))
+    except Exception as e:
+        print(f"seed {seed}: missing ({e})"); continue
+    ds.append(g_s - g_d)
+    print(f"seed {seed}: SMET gap {g_s:+.4f}, dense gap {g_d:+.4f}, d {g_s - g_d:+.4f}")
+if len(ds) >= 2:
+    m, sd = st.mean(ds), st.stdev(ds)
+    print(f"mean d {m:+.4f}, std {sd:.4f}, 2 std/sqrt(n) {2 * sd / math.sqrt(len(ds)):.4f}, n {len(ds)}")
+PY
+fi
