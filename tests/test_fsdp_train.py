@@ -30,6 +30,21 @@ def test_train_fsdp_smet_matches_single_process(run_train, tmp_path):
     # summation order moves near-tied magnitudes, not sharding
 
 
+def assert_resumed_bit_exact(ref_dir, res_dir) -> None:
+    """A 2-rank, 10-step run (updates every 3 steps) resumed from its step-5 checkpoint: every later loss, and the
+    parameters and masks of both ranks after every later step (SMET_DDP_TRACE), equal the uninterrupted run's."""
+    a, b = _losses(ref_dir), _losses(res_dir)
+    assert sorted(b) == list(range(5, 10)), sorted(b)
+    assert {s: b[s] for s in b} == {s: a[s] for s in b}  # every resumed step, to the last bit
+    for rank in (0, 1):
+        ta = {t["step"]: t for t in _trace(ref_dir, rank)}
+        tb = _trace(res_dir, rank)
+        assert [t["step"] for t in tb] == list(range(6, 11))
+        assert sum(t["update"] for t in tb) == 2  # the updates at steps 6 and 9 ran after the resume
+        for t in tb:  # the same parameters (gathered) and masks after every later step
+            assert t["params"] == ta[t["step"]]["params"] and t["layers"] == ta[t["step"]]["layers"], t["step"]
+
+
 @pytest.mark.slow
 def test_train_fsdp_resume_from_a_distributed_checkpoint_is_bit_exact(run_train, tmp_path):
     args = (*FAST, "trainer=fsdp_cpu", "data.batch_size=8", *SMET, "trainer.max_steps=10",
@@ -41,16 +56,7 @@ def test_train_fsdp_resume_from_a_distributed_checkpoint_is_bit_exact(run_train,
     assert len(list(ck.glob("*.distcp"))) == 2  # one shard file per rank
     assert not list((ref.out_dir / "checkpoints").glob(".*"))  # no temporary directory left behind
     res = run_train(*args, f"ckpt_path={ck}", out=tmp_path / "resumed", env=env, timeout=240)
-    a, b = _losses(ref.out_dir), _losses(res.out_dir)
-    assert sorted(b) == list(range(5, 10)), sorted(b)
-    assert {s: b[s] for s in b} == {s: a[s] for s in b}  # every resumed step, to the last bit
-    for rank in (0, 1):
-        ta = {t["step"]: t for t in _trace(ref.out_dir, rank)}
-        tb = _trace(res.out_dir, rank)
-        assert [t["step"] for t in tb] == list(range(6, 11))
-        assert sum(t["update"] for t in tb) == 2  # the updates at steps 6 and 9 ran after the resume
-        for t in tb:  # the same parameters (gathered) and masks after every later step
-            assert t["params"] == ta[t["step"]]["params"] and t["layers"] == ta[t["step"]]["layers"], t["step"]
+    assert_resumed_bit_exact(ref.out_dir, res.out_dir)
     summary = json.loads((res.out_dir / "summary.json").read_text())
     assert summary["steps"] == 10
     # per-rank static memory after the run (rank 0; measured after zero_grad, so no gradients) equals smet-memory

@@ -18,8 +18,8 @@ import json
 from pathlib import Path
 
 import pytest
-from test_ddp import FAST, _ddp_vs_single, _trace
-from test_resume import losses as _losses
+from test_ddp import FAST, _ddp_vs_single
+from test_fsdp_train import assert_resumed_bit_exact
 
 pytest.importorskip("deepspeed")
 
@@ -48,14 +48,5 @@ def test_train_deepspeed_resume_from_its_checkpoint_directory_is_bit_exact(run_t
     tag = (ck / "latest").read_text().strip()
     assert len(list((ck / tag).glob("*optim_states.pt"))) == 2  # one optimizer partition per rank
     res = run_train(*args, f"ckpt_path={ck}", out=tmp_path / "resumed", env=env, timeout=240, script=SHIM)
-    a, b = _losses(ref.out_dir), _losses(res.out_dir)
-    assert sorted(b) == list(range(5, 10)), sorted(b)
-    assert {s: b[s] for s in b} == {s: a[s] for s in b}  # every resumed step, to the last bit
-    for rank in (0, 1):
-        ta = {t["step"]: t for t in _trace(ref.out_dir, rank)}
-        tb = _trace(res.out_dir, rank)
-        assert [t["step"] for t in tb] == list(range(6, 11))
-        assert sum(t["update"] for t in tb) == 2  # the updates at steps 6 and 9 ran after the resume
-        for t in tb:
-            assert t["params"] == ta[t["step"]]["params"] and t["layers"] == ta[t["step"]]["layers"], t["step"]
+    assert_resumed_bit_exact(ref.out_dir, res.out_dir)
     assert json.loads((res.out_dir / "summary.json").read_text())["steps"] == 10
