@@ -103,13 +103,20 @@ def test_what_deepspeed_cannot_partition_is_refused_naming_the_key(override, key
     _refused(["trainer=deepspeed", "sparsity=smet", override], key)
 
 
-def test_sparse_methods_compose_with_deepspeed():
+@pytest.mark.parametrize("trainer", ["deepspeed", "fsdp", "fsdp_cpu"])
+def test_every_sparsity_method_composes_with_the_sharded_presets(trainer):
+    from pathlib import Path
+
     from smet.compose import compose
     from smet.config import validate
 
-    for method in ("smet", "set", "rigl"):
-        validate(compose(["trainer=deepspeed", f"sparsity={method}"]))
-    validate(compose(["trainer=deepspeed", "trainer.strategy=deepspeed_stage_1", "sparsity=smet"]))
+    methods = sorted(f.stem for f in (Path(__file__).resolve().parents[1] / "conf" / "sparsity").glob("*.yaml")
+                     if f.stem != "base")
+    assert {"dense", "smet", "set", "rigl", "static"} <= set(methods)
+    for method in methods:
+        validate(compose([f"trainer={trainer}", f"sparsity={method}"]))
+    if trainer == "deepspeed":
+        validate(compose(["trainer=deepspeed", "trainer.strategy=deepspeed_stage_1", "sparsity=smet"]))
 
 
 def _refused(overrides, key):
