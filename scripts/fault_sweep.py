@@ -114,7 +114,7 @@ def build_cases(w: Path) -> list[Case]:
         (["sparsity=smet", "sparsity.drop_fraction=1.5"], "sparsity.drop_fraction"),
         (["sparsity=smet", "sparsity.growth=magic"], "sparsity.growth"),
         (["sparsity=smet", "sparsity.materialize=sometimes"], "sparsity.materialize"),
-        (["sparsity=smet", "trainer=deepspeed"], "trainer.strategy"),
+        (["sparsity=smet", "trainer=deepspeed", "sparsity.index=rows"], "sparsity.index"),
         (["data.seq_len=0"], "data.seq_len"), (["data.batch_size=-4"], "data.batch_size"),
         (["data.global_batch_size=30", "data.batch_size=8"], "data.global_batch_size"),
         (["data=local_files", f"data.path={w / 'missing_dir'}"], "data.path"),
