@@ -89,7 +89,7 @@ def test_train_fsdp_resume_from_a_distributed_checkpoint_is_bit_exact(run_train,
     ("+trainer.fsdp.reshard_after_forward=false", "trainer.fsdp.reshard_after_forward"),
 ])
 def test_what_fsdp_cannot_shard_is_refused_naming_the_key(override, key):
-    _refused(["trainer=fsdp_cpu", "sparsity=smet", override], key)
+    assert f"{key}: " in _refusal(["trainer=fsdp_cpu", "sparsity=smet", override])
 
 
 @pytest.mark.parametrize("override, key", [
@@ -100,7 +100,7 @@ def test_what_fsdp_cannot_shard_is_refused_naming_the_key(override, key):
     ("optimizer.fused_backward=true", "optimizer.fused_backward"),
 ])
 def test_what_deepspeed_cannot_partition_is_refused_naming_the_key(override, key):
-    _refused(["trainer=deepspeed", "sparsity=smet", override], key)
+    assert f"{key}: " in _refusal(["trainer=deepspeed", "sparsity=smet", override])
 
 
 @pytest.mark.parametrize("trainer", ["deepspeed", "fsdp", "fsdp_cpu"])
@@ -119,7 +119,8 @@ def test_every_sparsity_method_composes_with_the_sharded_presets(trainer):
         validate(compose(["trainer=deepspeed", "trainer.strategy=deepspeed_stage_1", "sparsity=smet"]))
 
 
-def _refused(overrides, key):
+def _refusal(overrides) -> str:
+    """The one-line error that composing + validating ``overrides`` raises (the test fails if none is raised)."""
     from smet.compose import compose
     from smet.config import validate
     from smet.errors import SmetConfigError
@@ -128,7 +129,7 @@ def _refused(overrides, key):
 
     with pytest.raises((SmetConfigError, GridError)) as e:  # compose validates too (GridError names the key)
         validate(compose(overrides))
-    assert f"{key}: " in str(e.value), str(e.value)
+    return str(e.value)
 
 
 def test_fsdp_presets_compose_and_build_a_model_parallel_strategy():
