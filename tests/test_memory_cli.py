@@ -348,3 +348,28 @@ def test_shards_below_one_are_refused_naming_the_option(capsys):
     assert cli.main(["model=tiny", "--shards", "0"]) == 2
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0 and "--shards" in err
+
+
+# ----------------------------------------------------------------------------- --engine zero (DeepSpeed per rank)
+def test_engine_zero_keeps_the_model_whole_and_shards_master_moments_and_gradient(capsys):
+    base = ["model=130m", "sparsity=smet", "trainer.precision=bf16-mixed", "--engine", "zero"]
+    one = {r["method"]: r for r in _json(capsys, base)}
+    four = {r["method"]: r for r in _json(capsys, [*base, "--shards", "4"])}
+    assert four["smet"]["engine"] == "zero" and four["smet"]["shards"] == 4
+    for method in ("dense", "smet"):
+        a, b = one[method]["static_bytes"], four[method]["static_bytes"]
+        # weights: the bf16 model (2 B, whole on every rank) + the fp32 master (4 B, 1/N): 6 B -> 2 + 1 B
+        assert b["weights"] * 6 == a["weights"] * 3, (method, a, b)
+        assert 4 * b["grads"] == a["grads"] and b["buffers"] == a["buffers"]
+        assert abs(4 * b["optimizer"] - a["optimizer"]) <= 4 * 4 * 3, (method, a, b)  # up to the 0-dim steps
+    # the index stays whole on every rank, the local steps are 1/N
+    s1, s4 = one["smet"]["sparse_static_bytes"], four["smet"]["sparse_static_bytes"]
+    assert s1["metadata"] - s4["metadata"] == 3 * (s1["optimizer"] // 8) // 4, (s1, s4)
+    assert cli.main([*base, "--shards", "4"]) == 0
+    assert "DeepSpeed ZeRO-1/2 on 4 rank(s)" in capsys.readouterr().out
+
+
+def test_engine_zero_refuses_what_deepspeed_does_not_run_naming_the_option(capsys):
+    assert cli.main(["model=tiny", "sparsity=smet", "sparsity.index=rows", "--engine", "zero"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "--engine" in err and "sparsity.index" in err

@@ -86,3 +86,26 @@ def gather_state(smet_optimizer, model_param: torch.Tensor, key: str) -> torch.T
         dist.all_gather(parts, x.contiguous())
         x = torch.cat(parts)
     return x[:n]
+
+
+def measure_static(model, zero_optimizer, sparse=None) -> dict[str, dict[str, int]]:
+    """What this rank of a ZeRO-1/2 run holds, in bytes, in :func:`smet.sparse.memory.measure_static`'s
+    categories: the model's parameters (views of ZeRO's flat buffers: each buffer counted whole, padding
+    included) and the fp32 master partitions as ``weights``, their optimizer state, the index and local steps
+    as ``metadata``, and as ``grads`` the elements of the reduced gradient partitions ZeRO holds for the step
+    (``averaged_gradients``). Call it after ``engine.backward`` and before ``engine.step`` to count those;
+    compare with ``predict_static(..., engine="zero", shards=world, rank=rank)``."""
+    from smet.sparse.memory import CATEGORIES
+    from smet.sparse.memory import measure_static as measure
+
+    inner = zero_optimizer.optimizer
+    sparse_groups = {i for i, g in enumerate(inner.param_groups) if g.get("sparse")}
+    out = measure(model, inner, sparse, also_sparse=[p for i in sparse_groups for p in inner.param_groups[i]["params"]])
+    grads = getattr(zero_optimizer, "averaged_gradients", None) or {}
+    for key, groups in (("all", None), ("sparse", sparse_groups)):
+        # the elements of the views, not their storages: the views can share a larger buffer of DeepSpeed's
+        # reduction (on gloo, a flattened communication bucket), which lives only as long as they do
+        out[key]["grads"] += sum(t.numel() * t.element_size() for i, ts in grads.items()
+                                 if groups is None or i in groups for t in ts or [])
+        out[key]["total"] = sum(out[key][k] for k in CATEGORIES)
+    return out

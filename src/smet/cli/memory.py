@@ -302,7 +302,7 @@ def _group_key(p: dict) -> tuple:
 
 
 def point_row(p: dict, scfg: dict, ocfg: dict, *, dense_total: int | None, gpu: dict | None,
-              extra: str = "", shards: int = 1) -> dict[str, Any]:
+              extra: str = "", shards: int = 1, engine: str | None = None) -> dict[str, Any]:
     """One row: static prediction, active weights, bytes per active weight, activation estimate, fit."""
     from smet.models.llama import model_shapes
     from smet.sparse.memory import (active_weight_count, bytes_per_active_weight, estimate_activations,
@@ -314,7 +314,8 @@ def point_row(p: dict, scfg: dict, ocfg: dict, *, dense_total: int | None, gpu: 
     precision, vocab, seq_len = p["precision"], p["vocab"], p["seq_len"]
     steps = (p.get("cfg") or {}).get("trainer", {}).get("max_steps")
     total_steps = int(steps) if steps is not None else None  # the run's length decides short runs' local-step storage
-    pred = predict_static(shapes, scfg, ocfg, precision, total_steps, shards=shards)  # shards > 1: FSDP2 rank 0
+    # shards > 1: rank 0 of FSDP2 (the default) or of DeepSpeed ZeRO (engine "zero", at any shard count)
+    pred = predict_static(shapes, scfg, ocfg, precision, total_steps, shards=shards, engine=engine)
     active = active_weight_count(shapes, scfg)
     smat = None if dense else str(scfg.get("materialize", "transient"))
     loss = {"loss_impl": p["loss_impl"], "loss_chunk_tokens": p["loss_chunk_tokens"], "pointwise": p["pointwise"]}
@@ -332,7 +333,7 @@ def point_row(p: dict, scfg: dict, ocfg: dict, *, dense_total: int | None, gpu: 
         "allocation": None if dense else scfg.get("allocation", "uniform"),
         "precision": precision, "batch": p["batch"], "seq_len": seq_len, "vocab": vocab,
         "activation_checkpointing": p["ckpt"], "checkpoint_every": p["ckpt_every"], **loss,
-        "shards": shards, "static_bytes": pred["all"], "sparse_static_bytes": pred["sparse"],
+        "shards": shards, "engine": engine or ("fsdp" if shards > 1 else "none"), "static_bytes": pred["all"], "sparse_static_bytes": pred["sparse"],
         "active_weights": active,
         "bytes_per_active_weight": pred["sparse"]["total"] / active,
         "bytes_per_active_weight_formula": bytes_per_active_weight(scfg, ocfg, precision, total_steps),
@@ -379,7 +380,8 @@ def _label_extras(points: list[dict]) -> list[str]:
     return out
 
 
-def compute_rows(points: Sequence, gpu: dict | None = None, shards: int = 1) -> list[dict[str, Any]]:
+def compute_rows(points: Sequence, gpu: dict | None = None, shards: int = 1,
+                 engine: str | None = None) -> list[dict[str, Any]]:
     """Rows of the composed ``points`` (:class:`smet.compose.Point`): per model / vocabulary / data shape
     / precision / checkpointing group, the dense AdamW baseline first, then the sparse points in grid
     order (a dense point of the grid is the baseline itself)."""
@@ -394,12 +396,12 @@ def compute_rows(points: Sequence, gpu: dict | None = None, shards: int = 1) -> 
         if rows is None:
             base_o = dict(dense_o, fused_backward=bool(p["optimizer"].get("fused_backward")))
             rows = groups[_group_key(p)] = [point_row(p, dict(dense_s), base_o, dense_total=None, gpu=gpu,
-                                                      shards=shards)]
+                                                      shards=shards, engine=engine)]
         same = [r for r in rows if r["sparsity_cfg"] == p["sparsity"] and r["optimizer_cfg"] == p["optimizer"]
                 and r["label_extra"] == extra]
         if p["sparsity"].get("method", "dense") != "dense" and not same:  # (checkpoint_every of "none": one row)
             rows.append(point_row(p, p["sparsity"], p["optimizer"], dense_total=rows[0]["static_bytes"]["total"],
-                                  gpu=gpu, extra=extra, shards=shards))
+                                  gpu=gpu, extra=extra, shards=shards, engine=engine))
     return [r for rows in groups.values() for r in rows]
 
 
@@ -458,7 +460,11 @@ def _titles(r0: dict, width: int) -> list[str]:
     sub = (f"precision {r0['precision']}, batch {r0['batch']} x seq {r0['seq_len']}, activation checkpointing "
            f"{checkpointing_label(r0)}, loss {loss_label(r0)}")
     lines += _wrap(sub + ", figures in GiB", width, "  ")
-    if int(r0.get("shards") or 1) > 1:
+    if r0.get("engine") == "zero":
+        lines += _wrap(f"static memory per rank of DeepSpeed ZeRO-1/2 on {r0['shards']} rank(s) (trainer=deepspeed; "
+                       "rank 0): the model whole in its dtype, fp32 master, moments and gradient 1/N; the batch "
+                       "is per rank", width, "  ")
+    elif int(r0.get("shards") or 1) > 1:
         lines += _wrap(f"static memory per rank of {r0['shards']} FSDP2 shards (trainer=fsdp; rank 0, the largest "
                        "slice); the batch is per rank", width, "  ")
     if "gpu" in r0:
@@ -618,7 +624,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON records (bytes) instead of the table")
     p.add_argument("--shards", type=int, metavar="N", default=1,
                    help="static memory per rank of an FSDP2 run (trainer=fsdp) on N ranks: parameters, gradients "
-                        "and optimizer state 1/N each (rank 0's slice), index and buffers replicated (default 1)"),
+                        "and optimizer state 1/N each (rank 0's slice), index and buffers replicated (default 1)")
+    p.add_argument("--engine", choices=("fsdp", "zero"), default=None,
+                   help="what shards: fsdp (FSDP2, trainer=fsdp; the default with --shards > 1) or zero (DeepSpeed "
+                        "ZeRO-1/2, trainer=deepspeed: the model whole in its dtype on every rank, the fp32 master, "
+                        "moments and gradient 1/N; meaningful at --shards 1 too)")
     old = p.add_argument_group("older flags", "aliases of the overrides (KEY=VALUE wins over them)")
     for flag, key in FLAG_ALIASES.items():
         if flag == "--activation-checkpointing":
@@ -650,7 +660,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     f"{', '.join(available_presets())}")
         try:
             _precheck_groups(overrides)
-            rows = compute_rows(compose_points(overrides, config_name=CONFIG_NAME), gpu, shards=args.shards)
+            try:
+                rows = compute_rows(compose_points(overrides, config_name=CONFIG_NAME), gpu, shards=args.shards,
+                                    engine=args.engine)
+            except ValueError as err:  # what the engine cannot run (the prediction says which key)
+                if args.engine is None:
+                    raise
+                raise CliError("--engine", f"{args.engine}: {err}") from None
         except SmetConfigError as err:
             raise config_error(err, flags, explicit) from None
     except SmetConfigError as err:

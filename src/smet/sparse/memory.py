@@ -184,20 +184,23 @@ def _sparse_layers(model: nn.Module, sparse) -> list:
 
 
 def measure_static(model: nn.Module, optimizer: torch.optim.Optimizer | None, sparse=None,
-                   targets: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
+                   targets: Iterable[str] | None = None,
+                   also_sparse: Iterable[torch.Tensor] = ()) -> dict[str, dict[str, int]]:
     """Static memory of a live model + optimizer in bytes: ``{"all": {...}, "sparse": {...}}``.
 
     ``sparse`` is the :class:`~smet.sparse.topology.SparseController` (found from the model's
     ``SparseLinear`` modules when omitted). For a dense model the ``"sparse"`` breakdown covers the
     target linears (``targets``, default the 7 projections). See the module docstring for the
     categories. Measure right after ``optimizer.step()`` and before ``zero_grad`` to include grads.
+    ``also_sparse``: optimizer parameters that stand for sparse layers (an engine's partitions of them,
+    ``smet.zero``), counted in the ``"sparse"`` breakdown with their state.
     """
     layers = _sparse_layers(model, sparse)
     if layers:
         sparse_params = [layer.values for layer in layers]
     else:
         sparse_params = [m.weight for m in _target_linears(model, targets)]
-    sparse_ids = {id(p) for p in sparse_params}
+    sparse_ids = {id(p) for p in sparse_params} | {id(p) for p in also_sparse}
     state = optimizer.state if optimizer is not None else {}
 
     def states(p) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -307,9 +310,85 @@ def _fsdp_slice(shape: tuple[int, ...], shards: int, rank: int) -> tuple[int, in
     return chunk * rest, rows * rest
 
 
+def _zero_partition(numel: int, shards: int, rank: int) -> tuple[int, int, int]:
+    """DeepSpeed ZeRO-1/2's flat buffer of one param group of ``numel`` elements on ``shards`` ranks:
+    ``(flat, partition, real)`` elements. The group is flattened into one buffer padded to a multiple of
+    ``2 * shards`` (``nccl_start_alignment_factor`` 2 x the data-parallel size; no padding between parameters,
+    ``parameter_alignment`` off), which every rank holds whole in the model's dtype; each rank owns an equal
+    ``partition`` of it (an fp32 master copy, its moments), of which ``real`` elements are not padding."""
+    align = 2 * shards
+    flat = -(-numel // align) * align
+    part = flat // shards
+    return flat, part, max(0, min(part, numel - rank * part))
+
+
+def zero_model_bytes(precision: str) -> int:
+    """Bytes of one element of the model's parameters and gradients under DeepSpeed: its ``bf16`` / ``fp16``
+    modes cast the model to 16 bits (``*-mixed`` and ``*-true`` alike); the fp32 master copy is ZeRO's."""
+    param_bytes(precision)
+    return 2 if str(precision).startswith(("bf16", "16")) else 4
+
+
+def _predict_zero(shapes: ModelShapes, scfg: dict, ocfg: dict, precision: str, total_steps: int | None,
+                  shards: int, rank: int) -> dict[str, dict[str, int]]:
+    """:func:`predict_static` for one rank of DeepSpeed ZeRO-1 / ZeRO-2 (``trainer=deepspeed``): see there."""
+    if ocfg.get("fused_backward"):
+        raise ValueError("optimizer.fused_backward is not possible under DeepSpeed")
+    for key, value, ok in (("sparsity.materialize", scfg.get("materialize", "transient"), "transient"),
+                           ("sparsity.index", scfg.get("index") or "flat", "flat"),
+                           ("optimizer.moments", ocfg.get("moments") or "native", "native")):
+        if scfg.get("method", "dense") != "dense" and str(value) != ok:
+            raise ValueError(f"{key}={value} does not run under DeepSpeed (smet.config.check_sharded_sparsity)")
+    mb = zero_model_bytes(precision)
+    found = _targets(shapes, scfg)
+    target_names = {n for n, _, _ in found}
+    is_dense = scfg.get("method", "dense") == "dense"
+    allb = {k: 0 for k in CATEGORIES}
+    sp = {k: 0 for k in CATEGORIES}
+
+    def group(numel: int, dst: tuple[dict, ...]) -> tuple[int, int]:
+        flat, part, real = _zero_partition(numel, shards, rank)
+        for d in dst:
+            d["weights"] += flat * mb + part * 4  # the model's flat buffer (whole) + this rank's fp32 master
+            d["grads"] += part * mb  # the reduced gradient of this rank's partition (padding too), at the step
+        return part, real
+
+    decay = [(n, s) for n, s in shapes.params if len(s) >= 2 and (is_dense or n not in target_names)]
+    no_decay = [(n, s) for n, s in shapes.params if len(s) < 2]
+    for params in (decay, no_decay):  # dense param groups (build_optimizer / build_smet_optimizer)
+        if params:
+            part, _ = group(sum(_numel(s) for _, s in params), (allb,))
+            allb["optimizer"] += 2 * part * 4 + 4  # fp32 exp_avg, exp_avg_sq, 0-dim step of the partition
+    if is_dense:  # the target linears' share of the decay group (no padding counted)
+        for n, s in decay:
+            if n in target_names:
+                k = _numel(s)
+                sp["weights"] += k * mb + k * 4 // shards
+                sp["grads"] += k * mb // shards
+                sp["optimizer"] += 2 * k * 4 // shards
+    for _, shape, floating, size in shapes.buffers:
+        allb["buffers"] += _numel(shape) * (param_bytes(precision) if floating else size)
+    if not is_dense:
+        plan = sparse_layer_plan([(o, i) for _, o, i in found], scfg)
+        _, ls, ls_table = local_step_layout(ocfg, scfg, total_steps)
+        for lay in plan:  # one param group per sparse layer (per_layer_groups=True)
+            cap, b = lay["capacity"], lay["block_size"]
+            part, _ = group(cap * b, (allb, sp))
+            for d in (allb, sp):
+                d["optimizer"] += 2 * part * 4  # fp32 m and v of the partition's elements
+                d["metadata"] += cap * 4 + (part // b) * ls + ls_table  # the index whole; local steps of its slots
+    for d in (allb, sp):
+        d["total"] = sum(d[k] for k in CATEGORIES)
+    return {"all": allb, "sparse": sp}
+
+
+ENGINES = ("none", "fsdp", "zero")
+
+
 def predict_static(shapes: ModelShapes, sparsity_cfg: Mapping[str, Any] | None,
                    optimizer_cfg: Mapping[str, Any] | None, precision: str,
-                   total_steps: int | None = None, shards: int = 1, rank: int = 0) -> dict[str, dict[str, int]]:
+                   total_steps: int | None = None, shards: int = 1, rank: int = 0,
+                   engine: str | None = None) -> dict[str, dict[str, int]]:
     """What :func:`measure_static` will report after a training step (grads present), from the
     model's shapes and the configs alone. Same dict shape; exact for every method, block size,
     allocation and both materialisation modes. The optimizer is AdamW for ``method: dense`` and the
@@ -324,15 +403,34 @@ def predict_static(shapes: ModelShapes, sparsity_cfg: Mapping[str, Any] | None,
     ``sparse`` gradient bytes can differ by the padding FSDP2 puts in a unit's shared gradient buffer, which
     is counted to whichever parameter is seen first. Under train.py each rank also still holds the root
     unit's parameters (embedding, final norm, head) whole after the step: docs/sharding.md.
+
+    ``engine``: ``"fsdp"`` (the default when ``shards`` > 1), ``"none"`` (one process or DDP: ``shards`` 1) or
+    ``"zero"``: rank ``rank`` of DeepSpeed ZeRO-1 / ZeRO-2 (``trainer=deepspeed``; the same for both stages, and
+    at ``shards`` 1 too, where ZeRO still keeps its flat buffers and fp32 master copy). Each param group (dense
+    decay / no decay, one per sparse layer) is one flat buffer padded to ``2 * shards`` elements
+    (:func:`_zero_partition`): ``weights`` = every group's buffer whole in the model's dtype
+    (:func:`zero_model_bytes`) + this rank's fp32 master partition; ``optimizer`` = fp32 m and v of the
+    partition (+ a 0-dim step per dense group); ``metadata`` = the index whole + local steps of the
+    partition's slots; ``grads`` = the reduced gradient of the partition in the model's dtype (its padding
+    included), what ZeRO holds at the step (it frees it after). Not counted: ZeRO-1 also holds the whole gradients
+    during backward until they are reduced, ZeRO-2 its reduce buckets (``reduce_bucket_size`` elements each);
+    both are transient. Measured == predicted on 2 gloo ranks, fp32 and bf16, both stages (tests/test_zero.py).
     """
     if shards < 1 or not 0 <= rank < shards:
         raise ValueError(f"shards={shards}, rank={rank}: need shards >= 1 and 0 <= rank < shards")
+    engine = engine or ("fsdp" if shards > 1 else "none")
+    if engine not in ENGINES:
+        raise ValueError(f"engine={engine!r}: choose one of {', '.join(ENGINES)}")
+    if engine == "none" and shards > 1:
+        raise ValueError(f"engine='none' holds everything on each rank: shards must be 1, got {shards}")
     scfg = dict(sparsity_cfg or {"method": "dense"})
     ocfg = dict(optimizer_cfg or {})
     p = param_bytes(precision)
     found = _targets(shapes, scfg)
     target_names = {n for n, _, _ in found}
     is_dense = scfg.get("method", "dense") == "dense"
+    if engine == "zero":
+        return _predict_zero(shapes, scfg, ocfg, precision, total_steps, shards, rank)
     g = 0 if ocfg.get("fused_backward") else p  # fused backward: every gradient is freed inside backward
 
     allb = {k: 0 for k in CATEGORIES}
