@@ -2,7 +2,7 @@
 
 Lightning's ``DeepSpeedStrategy`` refuses any accelerator but CUDA (``setup_environment``), checks CUDA device
 indices and passes ``root_device.index`` (None on CPU) to ``deepspeed.initialize``. DeepSpeed itself runs on CPU
-with its CPU accelerator (``DS_ACCELERATOR=cpu``, gloo). This file lifts those three CUDA-only guards and runs
+with its CPU accelerator (``DS_ACCELERATOR=cpu``, gloo). This file lifts those three CUDA-only guards (and smet's own refusal of them) and runs
 ``train.py`` unchanged, so CI exercises the real DeepSpeed engine (ZeRO partitions, checkpoint directories)
 under Lightning and smet's hooks; the GPU run (scripts/gpu-issue17-zero.sh) is the real thing. Lightning's
 launcher re-runs this file for ranks > 0, so every rank gets the same patches.
@@ -22,6 +22,9 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy  # noqa:
 import lightning.pytorch.strategies.deepspeed as _ds  # noqa: E402
 import lightning.pytorch.strategies.launchers.subprocess_script as _launch  # noqa: E402
 
+import smet.config  # noqa: E402
+
+smet.config.DEEPSPEED_ON_CPU = True  # train.py refuses trainer=deepspeed without CUDA otherwise (one line, exit 2)
 DeepSpeedStrategy.setup_environment = DDPStrategy.setup_environment
 DeepSpeedStrategy.root_device = property(lambda self: torch.device("cpu", 0))
 _ds._validate_device_index_selection = lambda devices: None

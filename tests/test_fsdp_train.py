@@ -103,6 +103,23 @@ def test_what_deepspeed_cannot_partition_is_refused_naming_the_key(override, key
     assert f"{key}: " in _refusal(["trainer=deepspeed", "sparsity=smet", override])
 
 
+@pytest.mark.parametrize("overrides, key", [
+    (("trainer=deepspeed",), "trainer.accelerator: gpu: Lightning runs DeepSpeed"),
+    (("trainer=deepspeed", "trainer.accelerator=cpu"), "trainer.accelerator: cpu: Lightning runs DeepSpeed"),
+    (("trainer=gpu",), "trainer.accelerator: gpu: no CUDA GPU is visible"),
+    (("trainer=fsdp",), "trainer.accelerator: gpu: no CUDA GPU is visible"),
+])
+def test_a_gpu_trainer_on_a_machine_without_cuda_is_one_line_and_exit_2(run_train, tmp_path, overrides, key):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    res = run_train(*overrides, "sparsity=smet", "trainer.max_steps=2", check=False, timeout=120)
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert res.stderr.strip().count("\n") == 0 and key in res.stderr, res.stderr
+    assert not (res.out_dir / "checkpoints").exists()  # before any compute
+
+
 @pytest.mark.parametrize("trainer", ["deepspeed", "fsdp", "fsdp_cpu"])
 def test_every_sparsity_method_composes_with_the_sharded_presets(trainer):
     from pathlib import Path

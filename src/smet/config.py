@@ -325,6 +325,33 @@ def check_sharded_sparsity(cfg: Mapping) -> None:
                                                    f"shards (not supported yet with {on}): use native")
 
 
+DEEPSPEED_ON_CPU = False  # tests/ds_cpu_train.py lifts Lightning's CUDA-only guards and sets this
+
+
+def check_devices_here(cfg: Mapping) -> None:
+    """What this machine must have for the trainer asked for: run by train.py only (``validate`` is also run by
+    smet-submit on login nodes without GPUs). One line naming the key, before any compute."""
+    import torch
+
+    acc = str(get(cfg, "trainer.accelerator", "auto"))
+    strategy = str(get(cfg, "trainer.strategy", "auto"))
+    cuda = torch.cuda.is_available()
+    if strategy.startswith("deepspeed") and not DEEPSPEED_ON_CPU and (acc == "cpu" or not cuda):
+        raise SmetConfigError("trainer.accelerator", f"{acc}: Lightning runs DeepSpeed (trainer.strategy={strategy}) "
+                                                     "on CUDA GPUs only, and " + ("none is visible here" if not cuda
+                                                                                  else "this asks for the CPU") +
+                              ": use a GPU machine, or trainer=ddp_cpu / fsdp_cpu here")
+    if acc in ("gpu", "cuda"):
+        if not cuda:
+            raise SmetConfigError("trainer.accelerator", f"{acc}: no CUDA GPU is visible on this machine "
+                                                         "(torch.cuda.is_available() is False): use trainer=cpu, "
+                                                         "ddp_cpu or fsdp_cpu here")
+        devices = get(cfg, "trainer.devices", 1)
+        if isinstance(devices, int) and devices > torch.cuda.device_count():
+            raise SmetConfigError("trainer.devices", f"{devices}: this machine has {torch.cuda.device_count()} CUDA "
+                                                     "GPU(s)")
+
+
 def check_strategy(cfg: Mapping) -> None:
     check_strategy_config(get(cfg, "trainer", {}) or {})
     check_sharded_sparsity(cfg)

@@ -17,8 +17,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from smet.config import (PRECISIONS, check_output_dir, check_resume_compatible, get, global_batch_layout,
-                         resolve_ckpt_path, validate, world_size)
+from smet.config import (PRECISIONS, check_devices_here, check_output_dir, check_resume_compatible, get,
+                         global_batch_layout, resolve_ckpt_path, validate, world_size)
 from smet.errors import SmetConfigError, SmetRunError
 
 log = logging.getLogger("smet")
@@ -250,6 +250,7 @@ def check_run(cfg: DictConfig) -> tuple[Path, str | None]:
     """Cheap checks first (bad input fails here, before any compute): the config, the output dir,
     the checkpoint to resume from. Returns (run dir, resolved ckpt path or None)."""
     validate(cfg)
+    check_devices_here(cfg)
     if get(cfg, "data.global_batch_size") is not None:
         cfg.trainer.accumulate_grad_batches = global_batch_layout(cfg)
     run_dir = check_output_dir(_output_dir(cfg))
