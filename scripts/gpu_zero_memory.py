@@ -23,6 +23,40 @@ import os
 import time
 
 
+def _live(device: str):
+    import torch
+
+    for obj in gc.get_objects():
+        try:
+            if isinstance(obj, torch.Tensor) and obj.device.type == device and not obj.is_meta:
+                yield obj, obj.untyped_storage()
+        except Exception:
+            continue
+
+
+def _unattributed(model, zopt, opt, device: str, before: set, top: int = 8) -> list:
+    """Live tensors on ``device`` (found by the garbage collector) whose storage is not one that
+    ``smet.zero.measure_static`` counts and that were not alive before the case (``before``), by (shape,
+    dtype), largest first: what else the process holds."""
+    import torch
+
+    counted = set()
+    for t in [*model.parameters(), *model.buffers(), *[q for g in opt.param_groups for q in g["params"]],
+              *[v for st in opt.state.values() for v in st.values() if isinstance(v, torch.Tensor)],
+              *[t for ts in (getattr(zopt, "averaged_gradients", None) or {}).values() for t in ts or []]]:
+        counted.add(t.untyped_storage().data_ptr())
+    seen, rows = set(before), {}
+    for obj, st in _live(device):
+        ptr = st.data_ptr()
+        if ptr in counted or ptr in seen or st.nbytes() == 0:
+            continue
+        seen.add(ptr)
+        key = f"{tuple(obj.shape)} {obj.dtype}"
+        n, b = rows.get(key, (0, 0))
+        rows[key] = (n + 1, b + st.nbytes())
+    return sorted(([k, n, b] for k, (n, b) in rows.items()), key=lambda r: -r[2])[:top]
+
+
 def case(stage: int, method: str, args) -> dict:
     import deepspeed
     import torch
@@ -43,6 +77,7 @@ def case(stage: int, method: str, args) -> dict:
     if cuda:
         torch.cuda.empty_cache()
     base = torch.cuda.memory_allocated() if cuda else 0
+    before = {st.data_ptr() for _, st in _live(args.device)}
     tr = build_training(cfg, None, vocab_size=args.vocab, defer=True)
     tr.materialize(args.device)
     ctrl = tr.controller
@@ -92,13 +127,14 @@ def case(stage: int, method: str, args) -> dict:
             for k, v in zip(times, (t1 - t0, t2 - t1, t3 - t2)):
                 times[k].append(v)
     alloc = torch.cuda.memory_allocated() - base if cuda else 0
+    unattributed = _unattributed(tr.model, zopt, opt, args.device, before)
     peak = torch.cuda.max_memory_allocated() - base if cuda else 0
     shapes = model_shapes(cfg["model"], args.vocab, args.seq)
     pred = predict_static(shapes, cfg["sparsity"], cfg["optimizer"], "bf16-mixed", total_steps=args.steps + 1,
                           engine="zero")
     out = {"stage": stage, "method": method, "measured": measured, "predicted": pred,
            "alloc_after_step": alloc, "measured_minus_grads": measured["all"]["total"] - measured["all"]["grads"],
-           "peak": peak, "loss": float(loss), "groups": len(opt.param_groups),
+           "peak": peak, "loss": float(loss), "live_tensors_not_in_measured": unattributed, "groups": len(opt.param_groups),
            "ms": {k: round(1000 * sum(v) / len(v), 2) for k, v in times.items()}}
     del engine, zopt, opt, tr, ctrl, loss
     gc.collect()
@@ -136,7 +172,8 @@ def main() -> None:
             print(f"ZeRO-{stage} {method}: measured {m['total']:,} B, predicted {pr['total']:,} B, "
                   f"{'equal' if not diff else 'differ ' + str(diff)}; allocated after the step "
                   f"{r['alloc_after_step']:,} B vs measured - grads {r['measured_minus_grads']:,} B; "
-                  f"peak {r['peak'] / 2**30:.2f} GiB; {r['groups']} param groups; ms {r['ms']}",
+                  f"peak {r['peak'] / 2**30:.2f} GiB; {r['groups']} param groups; ms {r['ms']}; other live "
+                  f"tensors {r['live_tensors_not_in_measured'][:4]}",
                   flush=True)
     with open(args.out, "w") as f:
         json.dump(rows, f, indent=1)

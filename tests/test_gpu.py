@@ -84,13 +84,13 @@ def test_dense_path_steps_after_a_state_restored_with_its_step_on_the_cpu():
     torch.manual_seed(0)
     w = torch.nn.Parameter(torch.randn(16, 8, device=DEV))
     w2 = torch.nn.Parameter(w.detach().clone())
-    a = SMETOptimizer([{"params": [w], "sparse": False}], lr=1e-2)
-    b = SMETOptimizer([{"params": [w2], "sparse": False}], lr=1e-2)
+    a = SMETOptimizer([{"params": [w], "sparse": False}], lr=1e-2, fused=True)  # as build_smet_optimizer on CUDA
+    b = SMETOptimizer([{"params": [w2], "sparse": False}], lr=1e-2, fused=True)
     g = [torch.randn(16, 8, device=DEV) for _ in range(3)]
     w.grad, w2.grad = g[0].clone(), g[0].clone()
     a.step(), b.step()
     sd = b.state_dict()
-    b = SMETOptimizer([{"params": [w2], "sparse": False}], lr=1e-2)
+    b = SMETOptimizer([{"params": [w2], "sparse": False}], lr=1e-2, fused=True)
     b.load_state_dict(sd)
     assert b.state[w2]["step"].device.type == "cpu"  # what torch's loader does
     for gi in g[1:]:
