@@ -62,6 +62,12 @@ def digest_tree(*roots: Path) -> dict[str, str]:
     return out
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def build_cases(w: Path) -> list[Case]:
     run, ckpt = w / "precious_run", w / "precious_run" / "checkpoints" / "last.ckpt"
     results = w / "results.json"
@@ -129,6 +135,8 @@ def build_cases(w: Path) -> list[Case]:
         ([f"hydra.run.dir={w / 'x'}", f"hydra.run.dir={run}"], "hydra.run.dir"),  # the last one counts
         (["-m", "seed=1,2", f"hydra.sweep.dir={w / 'precious_sweep'}"], "hydra.sweep.dir"),
         (["model.vocab_size=100", *FAST], "model.vocab_size"),
+        *([(["trainer=gpu"], "trainer.accelerator"), (["trainer=deepspeed", "sparsity=smet"], "trainer.accelerator")]
+          if not _has_cuda() else []),                                           # a GPU trainer where there is none
     ]:
         extra = [] if any(a.startswith("hydra.") for a in args) else rd
         c.append(Case(f"train: {' '.join(args)[:70]}", train(*args, *extra), key=key))
