@@ -49,4 +49,20 @@ def test_train_deepspeed_resume_from_its_checkpoint_directory_is_bit_exact(run_t
     assert len(list((ck / tag).glob("*optim_states.pt"))) == 2  # one optimizer partition per rank
     res = run_train(*args, f"ckpt_path={ck}", out=tmp_path / "resumed", env=env, timeout=240, script=SHIM)
     assert_resumed_bit_exact(ref.out_dir, res.out_dir)
-    assert json.loads((res.out_dir / "summary.json").read_text())["steps"] == 10
+    summary = json.loads((res.out_dir / "summary.json").read_text())
+    assert summary["steps"] == 10
+    # the run's per-rank static bytes (rank 0, after zero_grad: no gradients) are what smet-memory --engine zero
+    # predicts for rank 0 of 2, category by category, for the whole model and for the sparse layers
+    from omegaconf import OmegaConf
+
+    from smet.models.llama import model_shapes
+    from smet.sparse.memory import predict_static
+
+    cfg = OmegaConf.to_container(OmegaConf.load(res.out_dir / ".hydra" / "config.yaml"), resolve=True)
+    pred = predict_static(model_shapes(cfg["model"], cfg["data"]["tokenizer"]["vocab_size"], cfg["data"]["seq_len"]),
+                          cfg["sparsity"], cfg["optimizer"], "32", total_steps=10, shards=2, rank=0, engine="zero")
+    for key in ("all", "sparse"):
+        measured = summary["static_bytes"][key]
+        assert measured["grads"] == 0 and pred[key]["grads"] > 0
+        assert {k: v for k, v in measured.items() if k not in ("grads", "total")} == \
+            {k: v for k, v in pred[key].items() if k not in ("grads", "total")}, (key, measured, pred[key])

@@ -452,6 +452,10 @@ def _static_bytes(module, trainer) -> dict | None:
     except ImportError:  # pragma: no cover
         return None
     opt = trainer.optimizers[0] if trainer.optimizers else None
+    from smet import zero
+
+    if type(opt).__name__ == zero.ZERO_OPTIMIZER:  # DeepSpeed ZeRO: flat buffers, fp32 partitions (this rank's)
+        return zero.measure_static(module.model, opt, module.sparse)
     return measure_static(module.model, opt, module.sparse)
 
 
