@@ -373,3 +373,18 @@ def test_engine_zero_refuses_what_deepspeed_does_not_run_naming_the_option(capsy
     assert cli.main(["model=tiny", "sparsity=smet", "sparsity.index=rows", "--engine", "zero"]) == 2
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0 and "--engine" in err and "sparsity.index" in err
+
+
+def test_the_trainer_picks_the_engine_and_rank_count_unless_the_options_say_otherwise(capsys):
+    """``trainer=deepspeed trainer.devices=4`` plans one ZeRO rank of 4, ``trainer=fsdp`` one FSDP2 rank; the
+    options win over the trainer; a plain trainer plans one process."""
+    rows = lambda *a: {r["method"]: r for r in _json(capsys, ["model=130m", "sparsity=smet", *a])}  # noqa: E731
+    ds = rows("trainer=deepspeed", "trainer.devices=4")
+    assert (ds["smet"]["engine"], ds["smet"]["shards"]) == ("zero", 4)
+    assert ds["smet"]["static_bytes"] == rows("--engine", "zero", "--shards", "4")["smet"]["static_bytes"]
+    fs = rows("trainer=fsdp", "trainer.devices=2", "trainer.num_nodes=2")
+    assert (fs["smet"]["engine"], fs["smet"]["shards"]) == ("fsdp", 4)
+    assert (rows("trainer=deepspeed", "--shards", "2")["smet"]["shards"]) == 2
+    assert rows("trainer=fsdp", "trainer.devices=4", "--engine", "zero")["smet"]["shards"] == 1  # not the trainer's
+    plain = rows("trainer=ddp", "trainer.devices=4")
+    assert (plain["smet"]["engine"], plain["smet"]["shards"]) == ("none", 1)

@@ -302,7 +302,7 @@ def _group_key(p: dict) -> tuple:
 
 
 def point_row(p: dict, scfg: dict, ocfg: dict, *, dense_total: int | None, gpu: dict | None,
-              extra: str = "", shards: int = 1, engine: str | None = None) -> dict[str, Any]:
+              extra: str = "", shards: int | None = None, engine: str | None = None) -> dict[str, Any]:
     """One row: static prediction, active weights, bytes per active weight, activation estimate, fit."""
     from smet.models.llama import model_shapes
     from smet.sparse.memory import (active_weight_count, bytes_per_active_weight, estimate_activations,
@@ -314,6 +314,7 @@ def point_row(p: dict, scfg: dict, ocfg: dict, *, dense_total: int | None, gpu: 
     precision, vocab, seq_len = p["precision"], p["vocab"], p["seq_len"]
     steps = (p.get("cfg") or {}).get("trainer", {}).get("max_steps")
     total_steps = int(steps) if steps is not None else None  # the run's length decides short runs' local-step storage
+    shards, engine = sharding_of(p.get("cfg") or {}, shards, engine)
     # shards > 1: rank 0 of FSDP2 (the default) or of DeepSpeed ZeRO (engine "zero", at any shard count)
     pred = predict_static(shapes, scfg, ocfg, precision, total_steps, shards=shards, engine=engine)
     active = active_weight_count(shapes, scfg)
@@ -380,7 +381,24 @@ def _label_extras(points: list[dict]) -> list[str]:
     return out
 
 
-def compute_rows(points: Sequence, gpu: dict | None = None, shards: int = 1,
+def sharding_of(cfg, shards: int | None, engine: str | None) -> tuple[int, str | None]:
+    """(shards, engine) of a row: ``--shards`` / ``--engine`` when given, else what the point's trainer runs
+    (``trainer=deepspeed``: ZeRO, ``trainer=fsdp`` / ``fsdp_cpu``: FSDP2, on ``trainer.devices`` x
+    ``trainer.num_nodes`` ranks), else one process."""
+    from smet.config import get, world_size
+
+    strategy = str(get(cfg, "trainer.strategy", "auto")) if cfg else "auto"
+    from_trainer = "zero" if strategy.startswith("deepspeed") else "fsdp" if strategy == "fsdp" else None
+    if engine is None:
+        engine = from_trainer
+    if shards is None:
+        shards = world_size(cfg) if from_trainer and engine == from_trainer else 1
+    if engine == "fsdp" and shards == 1:
+        engine = None
+    return shards, engine
+
+
+def compute_rows(points: Sequence, gpu: dict | None = None, shards: int | None = None,
                  engine: str | None = None) -> list[dict[str, Any]]:
     """Rows of the composed ``points`` (:class:`smet.compose.Point`): per model / vocabulary / data shape
     / precision / checkpointing group, the dense AdamW baseline first, then the sparse points in grid
@@ -622,11 +640,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="full table: static breakdown (weights, grads, optimizer, metadata, compute copy) and full "
                         "config labels (wider than 120 columns)")
     p.add_argument("--json", action="store_true", help="print JSON records (bytes) instead of the table")
-    p.add_argument("--shards", type=int, metavar="N", default=1,
+    p.add_argument("--shards", type=int, metavar="N", default=None,
                    help="static memory per rank of an FSDP2 run (trainer=fsdp) on N ranks: parameters, gradients "
-                        "and optimizer state 1/N each (rank 0's slice), index and buffers replicated (default 1)")
+                        "and optimizer state 1/N each (rank 0's slice), index and buffers replicated (default: "
+                        "trainer.devices x trainer.num_nodes with trainer=fsdp / deepspeed, else 1)")
     p.add_argument("--engine", choices=("fsdp", "zero"), default=None,
-                   help="what shards: fsdp (FSDP2, trainer=fsdp; the default with --shards > 1) or zero (DeepSpeed "
+                   help="what shards (default: the trainer's; else fsdp with --shards > 1): fsdp (FSDP2, "
+                        "trainer=fsdp) or zero (DeepSpeed "
                         "ZeRO-1/2, trainer=deepspeed: the model whole in its dtype on every rank, the fp32 master, "
                         "moments and gradient 1/N; meaningful at --shards 1 too)")
     old = p.add_argument_group("older flags", "aliases of the overrides (KEY=VALUE wins over them)")
@@ -651,7 +671,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = aliases + explicit
     try:
         gpu = resolve_gpu(args)
-        if args.shards < 1:
+        if args.shards is not None and args.shards < 1:
             raise CliError("--shards", f"must be >= 1, got {args.shards}")
         from smet.compose import compose_points
 
