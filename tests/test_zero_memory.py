@@ -20,16 +20,12 @@ from pathlib import Path
 
 import pytest
 from rank_workers import run_workers
+from test_zero import OPT, SPARSE  # the plain-loop ZeRO test's SMET and optimizer settings
 
 pytest.importorskip("deepspeed")
 
 DIMS = {"vocab_size": 127, "hidden_size": 30, "intermediate_size": 62, "num_layers": 2, "num_heads": 3,
         "max_seq_len": 16}
-SPARSE = {"method": "smet", "density": 0.5, "growth": "random", "update_interval": 5, "drop_fraction": 0.3,
-          "materialize": "transient", "index": "flat"}
-OPT = {"lr": 3e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.1, "regrowth_warmup_steps": 4,
-       "lr_scaling": "inverse_sqrt", "lr_scaling_scope": "all", "reset_local_step": True, "reset_moments": True,
-       "warmup_shape": "linear"}
 STEPS = 6
 CASES = [(stage, precision, method) for stage in (1, 2) for precision in ("32", "bf16-mixed")
          for method in ("smet", "dense")]
