@@ -100,7 +100,8 @@ def measure_static(model, zero_optimizer, sparse=None) -> dict[str, dict[str, in
 
     inner = zero_optimizer.optimizer
     sparse_groups = {i for i, g in enumerate(inner.param_groups) if g.get("sparse")}
-    out = measure(model, inner, sparse, also_sparse=[p for i in sparse_groups for p in inner.param_groups[i]["params"]])
+    partitions = [p for i in sparse_groups for p in inner.param_groups[i]["params"]]
+    out = measure(model, inner, sparse, also_sparse=partitions)
     grads = getattr(zero_optimizer, "averaged_gradients", None) or {}
     for key, groups in (("all", None), ("sparse", sparse_groups)):
         # the elements of the views, not their storages: the views can share a larger buffer of DeepSpeed's

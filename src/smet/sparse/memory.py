@@ -310,16 +310,15 @@ def _fsdp_slice(shape: tuple[int, ...], shards: int, rank: int) -> tuple[int, in
     return chunk * rest, rows * rest
 
 
-def _zero_partition(numel: int, shards: int, rank: int) -> tuple[int, int, int]:
+def _zero_partition(numel: int, shards: int) -> tuple[int, int]:
     """DeepSpeed ZeRO-1/2's flat buffer of one param group of ``numel`` elements on ``shards`` ranks:
-    ``(flat, partition, real)`` elements. The group is flattened into one buffer padded to a multiple of
+    ``(flat, partition)`` elements. The group is flattened into one buffer padded to a multiple of
     ``2 * shards`` (``nccl_start_alignment_factor`` 2 x the data-parallel size; no padding between parameters,
     ``parameter_alignment`` off), which every rank holds whole in the model's dtype; each rank owns an equal
-    ``partition`` of it (an fp32 master copy, its moments), of which ``real`` elements are not padding."""
+    ``partition`` of it (an fp32 master copy, its moments, its reduced gradient), padding included."""
     align = 2 * shards
     flat = -(-numel // align) * align
-    part = flat // shards
-    return flat, part, max(0, min(part, numel - rank * part))
+    return flat, flat // shards
 
 
 def zero_model_bytes(precision: str) -> int:
@@ -330,8 +329,9 @@ def zero_model_bytes(precision: str) -> int:
 
 
 def _predict_zero(shapes: ModelShapes, scfg: dict, ocfg: dict, precision: str, total_steps: int | None,
-                  shards: int, rank: int) -> dict[str, dict[str, int]]:
-    """:func:`predict_static` for one rank of DeepSpeed ZeRO-1 / ZeRO-2 (``trainer=deepspeed``): see there."""
+                  shards: int) -> dict[str, dict[str, int]]:
+    """:func:`predict_static` for one rank of DeepSpeed ZeRO-1 / ZeRO-2 (``trainer=deepspeed``): see there. Every
+    rank holds the same bytes (equal partitions, the padding in the last rank's)."""
     if ocfg.get("fused_backward"):
         raise ValueError("optimizer.fused_backward is not possible under DeepSpeed")
     for key, value, ok in (("sparsity.materialize", scfg.get("materialize", "transient"), "transient"),
@@ -346,18 +346,18 @@ def _predict_zero(shapes: ModelShapes, scfg: dict, ocfg: dict, precision: str, t
     allb = {k: 0 for k in CATEGORIES}
     sp = {k: 0 for k in CATEGORIES}
 
-    def group(numel: int, dst: tuple[dict, ...]) -> tuple[int, int]:
-        flat, part, real = _zero_partition(numel, shards, rank)
+    def group(numel: int, dst: tuple[dict, ...]) -> int:
+        flat, part = _zero_partition(numel, shards)
         for d in dst:
             d["weights"] += flat * mb + part * 4  # the model's flat buffer (whole) + this rank's fp32 master
             d["grads"] += part * mb  # the reduced gradient of this rank's partition (padding too), at the step
-        return part, real
+        return part
 
     decay = [(n, s) for n, s in shapes.params if len(s) >= 2 and (is_dense or n not in target_names)]
     no_decay = [(n, s) for n, s in shapes.params if len(s) < 2]
     for params in (decay, no_decay):  # dense param groups (build_optimizer / build_smet_optimizer)
         if params:
-            part, _ = group(sum(_numel(s) for _, s in params), (allb,))
+            part = group(sum(_numel(s) for _, s in params), (allb,))
             allb["optimizer"] += 2 * part * 4 + 4  # fp32 exp_avg, exp_avg_sq, 0-dim step of the partition
     if is_dense:  # the target linears' share of the decay group (no padding counted)
         for n, s in decay:
@@ -373,7 +373,7 @@ def _predict_zero(shapes: ModelShapes, scfg: dict, ocfg: dict, precision: str, t
         _, ls, ls_table = local_step_layout(ocfg, scfg, total_steps)
         for lay in plan:  # one param group per sparse layer (per_layer_groups=True)
             cap, b = lay["capacity"], lay["block_size"]
-            part, _ = group(cap * b, (allb, sp))
+            part = group(cap * b, (allb, sp))
             for d in (allb, sp):
                 d["optimizer"] += 2 * part * 4  # fp32 m and v of the partition's elements
                 d["metadata"] += cap * 4 + (part // b) * ls + ls_table  # the index whole; local steps of its slots
@@ -414,7 +414,8 @@ def predict_static(shapes: ModelShapes, sparsity_cfg: Mapping[str, Any] | None,
     partition's slots; ``grads`` = the reduced gradient of the partition in the model's dtype (its padding
     included), what ZeRO holds at the step (it frees it after). Not counted: ZeRO-1 also holds the whole gradients
     during backward until they are reduced, ZeRO-2 its reduce buckets (``reduce_bucket_size`` elements each);
-    both are transient. Measured == predicted on 2 gloo ranks, fp32 and bf16, both stages (tests/test_zero.py).
+    both are transient. Measured == predicted on 2 gloo ranks, fp32 and bf16, both stages
+    (tests/test_zero_memory.py).
     """
     if shards < 1 or not 0 <= rank < shards:
         raise ValueError(f"shards={shards}, rank={rank}: need shards >= 1 and 0 <= rank < shards")
@@ -425,12 +426,12 @@ def predict_static(shapes: ModelShapes, sparsity_cfg: Mapping[str, Any] | None,
         raise ValueError(f"engine='none' holds everything on each rank: shards must be 1, got {shards}")
     scfg = dict(sparsity_cfg or {"method": "dense"})
     ocfg = dict(optimizer_cfg or {})
+    if engine == "zero":
+        return _predict_zero(shapes, scfg, ocfg, precision, total_steps, shards)
     p = param_bytes(precision)
     found = _targets(shapes, scfg)
     target_names = {n for n, _, _ in found}
     is_dense = scfg.get("method", "dense") == "dense"
-    if engine == "zero":
-        return _predict_zero(shapes, scfg, ocfg, precision, total_steps, shards, rank)
     g = 0 if ocfg.get("fused_backward") else p  # fused backward: every gradient is freed inside backward
 
     allb = {k: 0 for k in CATEGORIES}
